@@ -1,0 +1,5 @@
+"""`python -m knrun`."""
+
+from knrun.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""knrun's error family and the process exit codes each one maps to.
+
+Exit codes are a contract with cron and wrappers: keep them stable and documented in the README.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1  # runtime failure: store or provider unreachable, unexpected error
+    USAGE = 2  # bad config or input, or the run is not authorised (no valid receipt)
+    BREAKER = 3  # circuit breaker: credit exhausted or a rate-limit storm
+    SPEND_CAP = 4  # spend cap reached
+    DRIFT = 5  # cost drift alarm halted the run
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
+
+class KnrunError(Exception):
+    """An expected failure: the CLI prints its message on one line and exits with `exit_code`."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+
+class ConfigError(KnrunError):
+    """Settings, job file, pricing file or command-line input is wrong."""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputError(KnrunError):
+    """A file the operator gave knrun (an import file, say) has bad content."""
+
+    exit_code = ExitCode.USAGE
+
+
+class StoreError(KnrunError):
+    """The unit store refused or failed a request."""
+
+    exit_code = ExitCode.FAILURE
