@@ -1,0 +1,182 @@
+"""`pricing.toml`, money in integer ticks (1 tick = 1e-10 USD), and the cost of a usage.
+
+Prices in the file are USD per million tokens, as on the provider's models page. One USD per
+million tokens is 10,000 ticks per token, so prices with up to four decimals are whole ticks and a
+usage's cost is exact integer arithmetic, the same way the provider's `cost_in_usd_ticks` is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from knrun.errors import ConfigError
+
+TICKS_PER_USD = 10**10
+TICKS_PER_TOKEN_PER_USD_PER_M = 10**10 // 10**6  # $1 per 1M tokens = 10,000 ticks per token
+
+PriceKind = Literal["input", "cached_input", "output", "batch_input", "batch_output"]
+
+
+def usd_to_ticks(usd: Decimal) -> int:
+    return int((usd * TICKS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def ticks_to_usd(ticks: int) -> Decimal:
+    return Decimal(ticks) / TICKS_PER_USD
+
+
+def format_usd(ticks: int, places: int = 4) -> str:
+    quantum = Decimal(1).scaleb(-places)
+    value = ticks_to_usd(ticks).quantize(quantum, rounding=ROUND_HALF_EVEN)
+    return f"-${-value:,}" if value < 0 else f"${value:,}"
+
+
+def usd_per_m_from_live(cents_per_100m_tokens: int) -> Decimal:
+    """The live list's unit (USD cents per 100M tokens, i.e. ticks per token) as USD per 1M."""
+    return Decimal(cents_per_100m_tokens) / TICKS_PER_TOKEN_PER_USD_PER_M
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request, as the provider reports them."""
+
+    prompt_tokens: int  # includes cached_tokens
+    completion_tokens: int  # visible output only
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0  # billed at the output price, NOT inside completion_tokens
+    billed_ticks: int | None = None  # `cost_in_usd_ticks`: what the provider actually charged
+
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        """Billed output: visible completion plus reasoning (= total_tokens - prompt_tokens)."""
+        return self.completion_tokens + self.reasoning_tokens
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """One model's prices in USD per million tokens, with where and when they were checked."""
+
+    model: str
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+    batch_input: Decimal | None
+    batch_output: Decimal | None
+    source: str
+    verified_at: date
+
+    def ticks_per_token(self, kind: PriceKind) -> Decimal:
+        price = getattr(self, kind)
+        if price is None:
+            raise ConfigError(f"pricing.toml: {self.model}: no {kind} price")
+        return Decimal(price) * TICKS_PER_TOKEN_PER_USD_PER_M
+
+    def cost_ticks(self, usage: Usage) -> int:
+        """What a standard (non-batch) request with this usage costs, the way xAI bills it."""
+        exact = (
+            usage.uncached_prompt_tokens * self.ticks_per_token("input")
+            + usage.cached_tokens * self.ticks_per_token("cached_input")
+            + usage.output_tokens * self.ticks_per_token("output")
+        )
+        return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+    def estimate_ticks(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> int:
+        """Cost of a workload with no cache hits (estimates stay on the safe side)."""
+        kinds: tuple[PriceKind, PriceKind] = (
+            ("batch_input", "batch_output") if batch else ("input", "output")
+        )
+        exact = input_tokens * self.ticks_per_token(
+            kinds[0]
+        ) + output_tokens * self.ticks_per_token(kinds[1])
+        return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+    @property
+    def has_batch_prices(self) -> bool:
+        return self.batch_input is not None and self.batch_output is not None
+
+    def fingerprint(self) -> str:
+        """Changes when any of this model's prices change (not when only the date does)."""
+        parts = [self.model] + [
+            str(getattr(self, kind))
+            for kind in ("input", "cached_input", "output", "batch_input", "batch_output")
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class _PriceEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: Decimal = Field(ge=0)
+    cached_input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    batch_input: Decimal | None = Field(default=None, ge=0)
+    batch_output: Decimal | None = Field(default=None, ge=0)
+    source: str = Field(min_length=1)
+    verified_at: date
+
+
+class _Retired(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = []
+
+
+class _PricingFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, _PriceEntry] = {}
+    retired: _Retired = _Retired()
+
+
+@dataclass(frozen=True)
+class PricingTable:
+    path: Path
+    models: dict[str, ModelPrice]
+    retired: frozenset[str]
+
+    def price_for(self, model: str) -> ModelPrice:
+        """The model's prices; a ConfigError if it is retired or not priced at all."""
+        if model in self.retired:
+            raise ConfigError(f"{self.path}: model {model!r} is listed as retired; do not run it")
+        try:
+            return self.models[model]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(
+                f"{self.path}: model {model!r} is not priced (priced: {known}); "
+                "run `knrun pricing sync` or fix the job's model"
+            ) from None
+
+
+def load_pricing(path: Path) -> PricingTable:
+    try:
+        # parse_float=Decimal: 0.2 stays exactly 0.2, never a binary float.
+        data = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pricing file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        parsed = _PricingFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    models = {
+        name: ModelPrice(model=name, **entry.model_dump()) for name, entry in parsed.models.items()
+    }
+    return PricingTable(path=path, models=models, retired=frozenset(parsed.retired.models))
