@@ -1,0 +1,323 @@
+"""The SQL both stores run, built once per job.
+
+Identifiers come from the validated job spec and are always double-quoted; the job's `where` is
+operator-owned text. Everything else (unit data, model output, versions, times) is a bound
+parameter, never SQL text. Statements stay within D1's limits (100 parameters, 100 KB each).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from knrun.job import JobSpec
+from knrun.pricing import ticks_to_usd
+from knrun.store.types import RunRecord, UnitFailure, UnitResult
+
+RUNS_TABLE = "knrun_runs"
+
+# Bookkeeping columns (without the job's prefix) and their SQL types.
+BOOKKEEPING_COLUMNS: dict[str, str] = {
+    "prompt_version": "TEXT",  # version of the result in the output columns (success only)
+    "model": "TEXT",
+    "cost_usd": "REAL",  # for the operator's own dashboards; knrun sums cost_ticks
+    "cost_ticks": "INTEGER",  # exact billed cost, 1 tick = 1e-10 USD
+    "input_tokens": "INTEGER",
+    "output_tokens": "INTEGER",
+    "processed_at": "TEXT",  # ISO 8601 UTC of the last attempt
+    "run_id": "TEXT",
+    "status": "TEXT",  # outcome of the last attempt: done | failed
+    "status_version": "TEXT",  # the version `status` and `attempts` refer to
+    "error": "TEXT",  # "<reason>: <detail>" for a failure
+    "attempts": "INTEGER",  # attempts at status_version
+    "lease_owner": "TEXT",
+    "lease_expires": "INTEGER",  # unix seconds
+}
+
+_RUN_COLUMNS = (
+    "run_id",
+    "kind",
+    "job",
+    "version",
+    "model",
+    "prompt_hash",
+    "host",
+    "started_at",
+    "ended_at",
+    "state",
+    "exit_code",
+    "exit_reason",
+    "units_ok",
+    "units_failed",
+    "tracked_ticks",
+    "billed_ticks",
+    "estimate_ticks",
+    "detail",
+)
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    params: tuple[Any, ...] = ()
+
+
+def quote(identifier: str) -> str:
+    return f'"{identifier}"'
+
+
+class UnitSql:
+    """Statement builders for one job's table, version and columns."""
+
+    def __init__(self, job: JobSpec) -> None:
+        self.job = job
+        self.table = quote(job.source.table)
+        self.id = quote(job.source.id)
+        self.version = job.version
+        prefix = job.source.prefix
+        self.col = {name: quote(prefix + name) for name in BOOKKEEPING_COLUMNS}
+        self.input_columns = [job.source.id, *job.source.columns]
+
+    # -- schema -----------------------------------------------------------------------------------
+
+    def table_info(self) -> Statement:
+        # The statement form: D1 rejects the pragma_table_info() table function (SQLITE_AUTH).
+        return Statement(f"PRAGMA table_info({self.table})")
+
+    def wanted_columns(self) -> dict[str, str]:
+        """Every column knrun needs on the units table, with its SQL type."""
+        prefix = self.job.source.prefix
+        wanted = {prefix + name: sql_type for name, sql_type in BOOKKEEPING_COLUMNS.items()}
+        for field in self.job.outputs:
+            wanted[self.job.output_column(field)] = field.sql_type
+        return wanted
+
+    def add_column(self, name: str, sql_type: str) -> Statement:
+        return Statement(f"ALTER TABLE {self.table} ADD COLUMN {quote(name)} {sql_type}")
+
+    @staticmethod
+    def create_runs_table() -> Statement:
+        return Statement(
+            f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} ("
+            "run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, job TEXT NOT NULL, "
+            "version TEXT NOT NULL, model TEXT NOT NULL, prompt_hash TEXT, host TEXT, "
+            "started_at TEXT NOT NULL, ended_at TEXT, state TEXT NOT NULL, exit_code INTEGER, "
+            "exit_reason TEXT, units_ok INTEGER NOT NULL DEFAULT 0, "
+            "units_failed INTEGER NOT NULL DEFAULT 0, tracked_ticks INTEGER NOT NULL DEFAULT 0, "
+            "billed_ticks INTEGER NOT NULL DEFAULT 0, estimate_ticks INTEGER, detail TEXT)"
+        )
+
+    # -- eligibility ------------------------------------------------------------------------------
+
+    def _not_done(self) -> str:
+        pv = self.col["prompt_version"]
+        return f"({pv} IS NULL OR {pv} != ?)"
+
+    def _resume_clause(self) -> tuple[str, tuple[Any, ...]]:
+        """The job's rows not done and not failed at this version (failures belong to retry)."""
+        sv = self.col["status_version"]
+        clause = f"({self.job.source.where}) AND {self._not_done()} AND ({sv} IS NULL OR {sv} != ?)"
+        return clause, (self.version, self.version)
+
+    def _retry_clause(self, max_attempts: int) -> tuple[str, tuple[Any, ...]]:
+        c = self.col
+        clause = (
+            f"({self.job.source.where}) AND {self._not_done()} AND {c['status_version']} = ? "
+            f"AND {c['status']} = 'failed'"
+        )
+        params: tuple[Any, ...] = (self.version, self.version)
+        if max_attempts > 0:
+            clause += f" AND COALESCE({c['attempts']}, 0) < ?"
+            params += (max_attempts,)
+        return clause, params
+
+    def count_remaining(self) -> Statement:
+        clause, params = self._resume_clause()
+        return Statement(f"SELECT COUNT(*) AS n FROM {self.table} WHERE {clause}", params)
+
+    def claim(
+        self, n: int, owner: str, now: int, expires: int, *, failed_only: bool, max_attempts: int
+    ) -> Statement:
+        """One statement: lease up to n eligible, unleased units and return their inputs."""
+        clause, params = self._retry_clause(max_attempts) if failed_only else self._resume_clause()
+        owner_col, expires_col = self.col["lease_owner"], self.col["lease_expires"]
+        returning = ", ".join(quote(column) for column in self.input_columns)
+        sql = (
+            f"UPDATE {self.table} SET {owner_col} = ?, {expires_col} = ? "
+            f"WHERE {self.id} IN (SELECT {self.id} FROM {self.table} WHERE {clause} "
+            f"AND ({owner_col} IS NULL OR {expires_col} <= ?) LIMIT ?) "
+            f"RETURNING {returning}"
+        )
+        return Statement(sql, (owner, expires, *params, now, n))
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def _attempts_expr(self) -> str:
+        # SQLite evaluates SET expressions against the row as it was before the UPDATE.
+        c = self.col
+        return (
+            f"{c['attempts']} = CASE WHEN {c['status_version']} = ? "
+            f"THEN COALESCE({c['attempts']}, 0) + 1 ELSE 1 END"
+        )
+
+    def write_result(self, result: UnitResult) -> Statement:
+        """Idempotent: only applies while no result for this version is stored (first wins)."""
+        c = self.col
+        assignments = [f"{quote(column)} = ?" for column in result.values]
+        params: list[Any] = list(result.values.values())
+        bookkeeping: list[tuple[str, Any]] = [
+            ("prompt_version", self.version),
+            ("model", result.model),
+            ("cost_usd", float(ticks_to_usd(result.cost_ticks).quantize(Decimal("1e-10")))),
+            ("cost_ticks", result.cost_ticks),
+            ("input_tokens", result.input_tokens),
+            ("output_tokens", result.output_tokens),
+            ("processed_at", result.processed_at),
+            ("run_id", result.run_id),
+            ("status_version", self.version),
+        ]
+        assignments += [f"{c[name]} = ?" for name, _ in bookkeeping]
+        params += [value for _, value in bookkeeping]
+        assignments += [
+            f"{c['status']} = 'done'",
+            f"{c['error']} = NULL",
+            self._attempts_expr(),
+            f"{c['lease_owner']} = NULL",
+            f"{c['lease_expires']} = NULL",
+        ]
+        params.append(self.version)
+        sql = (
+            f"UPDATE {self.table} SET {', '.join(assignments)} "
+            f"WHERE {self.id} = ? AND {self._not_done()}"
+        )
+        return Statement(sql, (*params, result.unit_id, self.version))
+
+    def write_failure(self, failure: UnitFailure) -> Statement:
+        """Idempotent: requires the failing runner's lease, which the write itself clears."""
+        c = self.col
+        sql = (
+            f"UPDATE {self.table} SET {c['status']} = 'failed', {c['status_version']} = ?, "
+            f"{c['error']} = ?, {c['run_id']} = ?, {c['processed_at']} = ?, "
+            f"{self._attempts_expr()}, {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
+            f"WHERE {self.id} = ? AND {c['lease_owner']} = ? AND {self._not_done()}"
+        )
+        params = (
+            self.version,
+            failure.error_text[:2000],
+            failure.run_id,
+            failure.processed_at,
+            self.version,
+            failure.unit_id,
+            failure.owner,
+            self.version,
+        )
+        return Statement(sql, params)
+
+    def release(self, owner: str, unit_ids: Sequence[Any] | None) -> Statement:
+        c = self.col
+        sql = (
+            f"UPDATE {self.table} SET {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
+            f"WHERE {c['lease_owner']} = ?"
+        )
+        if unit_ids is None:
+            return Statement(sql, (owner,))
+        # One JSON parameter for any number of ids: D1 allows only 100 bound parameters.
+        sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
+        return Statement(sql, (owner, json.dumps(list(unit_ids))))
+
+    def release_prefix(self, owner_prefix: str) -> Statement:
+        c = self.col
+        # substr, not LIKE: no escaping of '_' or '%', and D1 caps LIKE patterns at 50 bytes.
+        return Statement(
+            f"UPDATE {self.table} SET {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
+            f"WHERE substr({c['lease_owner']}, 1, ?) = ?",
+            (len(owner_prefix), owner_prefix),
+        )
+
+    # -- reading progress -------------------------------------------------------------------------
+
+    def progress(self, now: int, max_attempts: int) -> Statement:
+        c = self.col
+        v = self.version
+        done = f"{c['prompt_version']} = ?"
+        failed = f"({self._not_done()} AND {c['status_version']} = ? AND {c['status']} = 'failed')"
+        sv = c["status_version"]
+        remaining = f"({self._not_done()} AND ({sv} IS NULL OR {sv} != ?))"
+        exhausted = f"{failed} AND COALESCE({c['attempts']}, 0) >= ?" if max_attempts > 0 else "0"
+        sql = (
+            "SELECT COUNT(*) AS total, "
+            f"COALESCE(SUM(CASE WHEN {done} THEN 1 ELSE 0 END), 0) AS done, "
+            f"COALESCE(SUM(CASE WHEN {failed} THEN 1 ELSE 0 END), 0) AS failed, "
+            f"COALESCE(SUM(CASE WHEN {remaining} THEN 1 ELSE 0 END), 0) AS remaining, "
+            f"COALESCE(SUM(CASE WHEN {remaining} AND {c['lease_owner']} IS NOT NULL "
+            f"AND {c['lease_expires']} > ? THEN 1 ELSE 0 END), 0) AS leased, "
+            f"COALESCE(SUM(CASE WHEN {exhausted} THEN 1 ELSE 0 END), 0) AS retry_exhausted, "
+            f"COALESCE(SUM(CASE WHEN {done} THEN {c['cost_ticks']} ELSE 0 END), 0) AS done_cost, "
+            f"AVG(CASE WHEN {done} THEN {c['input_tokens']} END) AS avg_input, "
+            f"AVG(CASE WHEN {done} THEN {c['output_tokens']} END) AS avg_output, "
+            f"MAX(CASE WHEN {done} THEN {c['processed_at']} END) AS last_processed "
+            f"FROM {self.table} WHERE ({self.job.source.where})"
+        )
+        params: list[Any] = [v, v, v, v, v, v, v, now]
+        if max_attempts > 0:
+            params += [v, v, max_attempts]
+        params += [v, v, v, v]
+        return Statement(sql, tuple(params))
+
+    def failures_by_reason(self) -> Statement:
+        c = self.col
+        error = c["error"]
+        # The reason is the error text up to its first ':' ("invalid_json: Expecting ...").
+        reason = (
+            f"CASE WHEN instr({error}, ':') > 0 THEN substr({error}, 1, instr({error}, ':') - 1) "
+            f"ELSE COALESCE({error}, 'unknown') END"
+        )
+        return Statement(
+            f"SELECT {reason} AS reason, COUNT(*) AS n FROM {self.table} "
+            f"WHERE ({self.job.source.where}) AND {self._not_done()} AND {c['status_version']} = ? "
+            f"AND {c['status']} = 'failed' GROUP BY reason ORDER BY n DESC",
+            (self.version, self.version),
+        )
+
+    def spent(self) -> Statement:
+        return Statement(
+            "SELECT COALESCE(SUM(billed_ticks), 0) AS billed, "
+            "COALESCE(SUM(tracked_ticks), 0) AS tracked "
+            f"FROM {RUNS_TABLE} WHERE job = ? AND version = ? AND kind != 'preflight'",
+            (self.job.name, self.version),
+        )
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def upsert_run(run: RunRecord) -> Statement:
+        values = [getattr(run, column) for column in _RUN_COLUMNS[:-1]]
+        values.append(json.dumps(run.detail, sort_keys=True, default=str))
+        updates = ", ".join(f"{column} = excluded.{column}" for column in _RUN_COLUMNS[1:])
+        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
+        return Statement(
+            f"INSERT INTO {RUNS_TABLE} ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT(run_id) DO UPDATE SET {updates}",
+            tuple(values),
+        )
+
+    @staticmethod
+    def select_runs(job: str, limit: int, kind: str | None) -> Statement:
+        where, params = "job = ?", [job]
+        if kind is not None:
+            where += " AND kind = ?"
+            params.append(kind)
+        return Statement(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM {RUNS_TABLE} WHERE {where} "
+            "ORDER BY started_at DESC LIMIT ?",
+            (*params, limit),
+        )
+
+    @staticmethod
+    def run_from_row(row: dict[str, Any]) -> RunRecord:
+        fields = {column: row[column] for column in _RUN_COLUMNS}
+        fields["detail"] = json.loads(fields["detail"] or "{}")
+        return RunRecord(**fields)

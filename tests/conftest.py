@@ -1,0 +1,185 @@
+"""Shared fixtures: a clean environment, a fake clock, the example job, and seeded stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from knrun.job import JobSpec, load_job
+from knrun.sim.corpus import synthetic_units, write_jsonl
+from knrun.sim.d1 import D1Simulator
+from knrun.store import D1Store, SqliteStore, SqlUnitStore
+from knrun.store.limiter import RequestLimiter
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_JOB = ROOT / "prompts" / "kn-1.6.toml"
+EXAMPLE_PRICING = ROOT / "pricing.toml"
+ENV_PREFIXES = ("XAI_", "GROK_", "CLOUDFLARE_", "D1_", "KNRUN_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's keys or store settings."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeClock:
+    """Time that only moves when something sleeps on it: limiter waits and backoffs are instant."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.now += seconds
+        self.slept += seconds
+        import asyncio
+
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def job() -> JobSpec:
+    return load_job(EXAMPLE_JOB)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder like an operator's: prompts/ and pricing.toml, as the working dir."""
+    (tmp_path / "prompts").mkdir()
+    shutil.copy(EXAMPLE_JOB, tmp_path / "prompts" / EXAMPLE_JOB.name)
+    shutil.copy(EXAMPLE_PRICING, tmp_path / "pricing.toml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# -- seeded tables --------------------------------------------------------------------------------
+
+UNIT_COLUMNS = [
+    "id",
+    "unit_code",
+    "title",
+    "application",
+    "elements",
+    "performance_criteria",
+    "knowledge_evidence",
+    "status",
+    "restricted_access",
+]
+
+
+def seed_units(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Create the example job's `units` table (as an operator's might be) and fill it."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS units (id INTEGER PRIMARY KEY, unit_code TEXT, title TEXT, "
+        "application TEXT, elements TEXT, performance_criteria TEXT, knowledge_evidence TEXT, "
+        "status TEXT, restricted_access INTEGER)"
+    )
+    marks = ", ".join("?" for _ in UNIT_COLUMNS)
+    conn.executemany(
+        f"INSERT INTO units ({', '.join(UNIT_COLUMNS)}) VALUES ({marks})",
+        [[row.get(column) for column in UNIT_COLUMNS] for row in rows],
+    )
+    if conn.in_transaction:
+        conn.commit()
+
+
+def plain_units(count: int) -> list[dict[str, Any]]:
+    """`count` units that all match the example job's where clause."""
+    rows = []
+    for unit in synthetic_units(count):
+        unit.update(status="Current", restricted_access=0)
+        rows.append(unit)
+    return rows
+
+
+StoreFactory = Callable[..., SqlUnitStore]
+
+
+class Backend:
+    """One store backend under test: how to seed it, open stores on it, and read it directly."""
+
+    def __init__(self, kind: str, tmp_path: Path, job: JobSpec, clock: FakeClock) -> None:
+        self.kind = kind
+        self.job = job
+        self.clock = clock
+        self.path = tmp_path / "units.sqlite"
+        self.sim: D1Simulator | None = None
+        if kind == "sqlite":
+            self.conn = sqlite3.connect(self.path, isolation_level=None)
+        else:
+            self.sim = D1Simulator(self.path, clock=clock, sleep=clock.sleep)
+            self.conn = self.sim.connection
+        self.opened: list[SqlUnitStore] = []
+
+    def seed(self, rows: Iterable[dict[str, Any]]) -> None:
+        seed_units(self.conn, rows)
+
+    def open(self, job: JobSpec | None = None) -> SqlUnitStore:
+        job = job or self.job
+        store: SqlUnitStore
+        if self.sim is None:
+            store = SqliteStore(job, self.path, clock=self.clock)
+        else:
+            store = D1Store(
+                job,
+                account_id=self.sim.account_id,
+                database_id=self.sim.database_id,
+                api_token=SecretStr(self.sim.api_token),
+                base_url=self.sim.base_url(),
+                transport=self.sim.transport(),
+                # Contract tests are about semantics: requests are not spaced out here.
+                limiter=RequestLimiter(1e9, clock=self.clock, sleep=self.clock.sleep),
+                clock=self.clock,
+                sleep=self.clock.sleep,
+            )
+        self.opened.append(store)
+        return store
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(sql, params)
+        columns = [d[0] for d in cursor.description or ()]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+@pytest.fixture(params=["sqlite", "d1"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, job: JobSpec, clock: FakeClock
+) -> AsyncIterator[Backend]:
+    made = Backend(request.param, tmp_path, job, clock)
+    yield made
+    for store in made.opened:
+        await store.close()
+
+
+@pytest.fixture
+def units_file(tmp_path: Path) -> Path:
+    path = tmp_path / "units.jsonl"
+    write_jsonl(path, 30)
+    return path
