@@ -1,0 +1,172 @@
+"""The `knrun` command line: arguments in, one core call, exit code out. No logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable, Coroutine
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from knrun import __version__
+from knrun.context import load_context, load_pricing_for
+from knrun.display import console, tables
+from knrun.errors import ConfigError, ExitCode, KnrunError
+from knrun.importer import import_units
+from knrun.status import status_report
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="knrun",
+    help="Batch runner for large LLM generation jobs: prove a run is safe, then run it fast.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="The unit store: add knrun's columns, load units.", no_args_is_help=True)
+pricing_app = typer.Typer(
+    help="pricing.toml against the provider's live prices.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+app.add_typer(pricing_app, name="pricing")
+
+JobOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--job",
+        help="Job file. Default: KNRUN_JOB, else the only file in prompts/.",
+        show_default=False,
+    ),
+]
+PricingOption = Annotated[
+    Path | None,
+    typer.Option("--pricing", help="Pricing file. Default: pricing.toml.", show_default=False),
+]
+
+
+def guarded(command: Callable[P, T]) -> Callable[P, T]:
+    """Expected failures become one line on stderr and their exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return command(*args, **kwargs)
+        except KnrunError as exc:
+            console.error(str(exc))
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            console.error("interrupted")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+    return wrapper
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Typer has no async commands: each command runs its coroutine here."""
+    return asyncio.run(coroutine)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.note(f"knrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """knrun: preflight, go, retry, status."""
+
+
+# -- db -------------------------------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+@guarded
+def db_migrate(job: JobOption = None) -> None:
+    """Add knrun's bookkeeping and output columns and its runs table (idempotent)."""
+    ctx = load_context(job)
+
+    async def migrate() -> list[str]:
+        store = ctx.open_store()
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    added = run_async(migrate())
+    where = ctx.target.describe()
+    if added:
+        console.note(f"{where}: added {len(added)} column(s): {', '.join(added)}")
+    else:
+        console.note(f"{where}: already up to date")
+
+
+@db_app.command("import")
+@guarded
+def db_import(
+    file: Annotated[Path, typer.Argument(help="Units as JSONL (one object per line) or CSV.")],
+    job: JobOption = None,
+) -> None:
+    """Load units into the local SQLite store: all rows or none; re-importing updates inputs."""
+    ctx = load_context(job)
+    if ctx.target.kind != "sqlite" or ctx.target.path is None:
+        raise ConfigError("db import writes to a local SQLite store: set KNRUN_STORE=sqlite:PATH")
+    report = import_units(file, ctx.target.path, ctx.job)
+    console.note(
+        f"{file}: {report.rows} rows into {ctx.target.describe()} table {ctx.job.source.table} "
+        f"({report.inserted} new, {report.updated} updated"
+        + (", table created" if report.table_created else "")
+        + (f", columns added: {', '.join(report.columns_added)}" if report.columns_added else "")
+        + "). Next: knrun db migrate"
+    )
+
+
+# -- status and pricing ---------------------------------------------------------------------------
+
+
+@app.command("status")
+@guarded
+def status(
+    job: JobOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for dashboards.")] = False,
+) -> None:
+    """Progress of the job's current version: done, failed by reason, remaining, spent."""
+    ctx = load_context(job)
+
+    async def read() -> dict[str, Any]:
+        store = ctx.open_store()
+        try:
+            return status_report(ctx.job, ctx.target.describe(), await store.progress())
+        finally:
+            await store.close()
+
+    report = run_async(read())
+    if as_json:
+        console.out.print_json(json.dumps(report))
+    else:
+        tables.show_status(report)
+
+
+@pricing_app.command("show")
+@guarded
+def pricing_show(job: JobOption = None, pricing: PricingOption = None) -> None:
+    """Show pricing.toml; fails if the job's model is missing from it or retired."""
+    table = load_pricing_for(pricing)
+    ctx = load_context(job)
+    tables.show_pricing(table, ctx.job.model, date.today())
+    table.price_for(ctx.job.model)
+
+
+def main() -> None:
+    app()

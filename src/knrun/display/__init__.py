@@ -1,0 +1,1 @@
+"""Everything knrun shows a person. The only package that imports rich."""
