@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,9 @@ from pydantic import SecretStr
 from knrun.job import JobSpec, load_job
 from knrun.sim.corpus import synthetic_units, write_jsonl
 from knrun.sim.d1 import D1Simulator
+from knrun.sim.scenario import Scenario
+from knrun.sim.server import serve_in_thread
+from knrun.sim.xai import XaiSimulator
 from knrun.store import D1Store, SqliteStore, SqlUnitStore
 from knrun.store.limiter import RequestLimiter
 
@@ -176,6 +179,23 @@ async def backend(
     yield made
     for store in made.opened:
         await store.close()
+
+
+@pytest.fixture
+def xai_sim() -> XaiSimulator:
+    """An xAI simulator with calls 1000x faster than life."""
+    return XaiSimulator(Scenario(latency={"time_scale": 0.001}))
+
+
+@pytest.fixture
+def xai_server(xai_sim: XaiSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[XaiSimulator]:
+    """The simulator on a loopback port, with the environment pointing knrun at it."""
+    with serve_in_thread(xai_sim) as origin:
+        monkeypatch.setenv("XAI_BASE_URL", f"{origin}/v1")
+        monkeypatch.setenv("XAI_MANAGEMENT_BASE_URL", origin)
+        monkeypatch.setenv("XAI_API_KEY", xai_sim.scenario.api_key)
+        monkeypatch.setenv("XAI_MANAGEMENT_KEY", xai_sim.scenario.management_key)
+        yield xai_sim
 
 
 @pytest.fixture

@@ -86,8 +86,10 @@ def test_a_missing_credential_is_one_line_and_exit_2(
 
 def test_a_bad_import_row_is_one_line_exit_2_and_nothing_written(project: Path) -> None:
     source = project / "units.csv"
-    source.write_text("id,unit_code,title,application,elements,performance_criteria,knowledge_evidence\n"
-                      "1,B,t,a,e,p,k\n2,B,t\n")  # fmt: skip
+    source.write_text(
+        "id,unit_code,title,application,elements,performance_criteria,knowledge_evidence\n"
+        "1,B,t,a,e,p,k\n2,B,t\n"
+    )
     code, _, err = knrun("db", "import", "units.csv")
     assert code == 2
     assert one_line_error(err) == "error: units.csv:3: wrong number of fields for the header"

@@ -37,8 +37,11 @@ def test_missing_key_is_a_config_error_naming_both_names() -> None:
 
 
 def test_secrets_never_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"XAI_API_KEY": "xai-secret-1", "XAI_MANAGEMENT_KEY": "mgmt-secret-2",
-                        "CLOUDFLARE_API_TOKEN": "cf-secret-3"}.items():  # fmt: skip
+    for name, value in {
+        "XAI_API_KEY": "xai-secret-1",
+        "XAI_MANAGEMENT_KEY": "mgmt-secret-2",
+        "CLOUDFLARE_API_TOKEN": "cf-secret-3",
+    }.items():
         monkeypatch.setenv(name, value)
     shown = repr(settings()) + str(settings().model_dump())
     for secret in ("xai-secret-1", "mgmt-secret-2", "cf-secret-3"):

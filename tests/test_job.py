@@ -13,9 +13,13 @@ from knrun.errors import ConfigError
 from knrun.job import JobSpec, find_job_path, load_job
 
 VALID_REPLY = {
-    "overview": "o", "key_knowledge": "k", "workplace_application": "w",
-    "worked_example": "e", "common_mistakes": "c", "self_check": "s",
-}  # fmt: skip
+    "overview": "o",
+    "key_knowledge": "k",
+    "workplace_application": "w",
+    "worked_example": "e",
+    "common_mistakes": "c",
+    "self_check": "s",
+}
 
 
 def write_job(tmp_path: Path, edit: str = "", replace: tuple[str, str] | None = None) -> Path:
@@ -45,17 +49,26 @@ def test_schema_lists_every_output_as_required_and_closed(job: JobSpec) -> None:
 def test_output_model_accepts_a_good_reply_and_rejects_bad_ones(job: JobSpec) -> None:
     job.output_model.model_validate(VALID_REPLY)
     missing = {k: v for k, v in VALID_REPLY.items() if k != "overview"}
-    extra, empty, wrong_type = (VALID_REPLY | {"extra": "x"}, VALID_REPLY | {"overview": ""},
-                                VALID_REPLY | {"overview": 3})  # fmt: skip
+    extra, empty, wrong_type = (
+        VALID_REPLY | {"extra": "x"},
+        VALID_REPLY | {"overview": ""},
+        VALID_REPLY | {"overview": 3},
+    )
     for bad in (extra, missing, empty, wrong_type):
         with pytest.raises(ValidationError):
             job.output_model.model_validate(bad)
 
 
 def test_render_fills_the_templates_and_keeps_the_system_prompt_first(job: JobSpec) -> None:
-    unit = {"id": 1, "unit_code": "BSBWHS411", "title": "Implement WHS", "application": "a",
-            "elements": "1. Do", "performance_criteria": "1.1 Do it",
-            "knowledge_evidence": None}  # fmt: skip
+    unit = {
+        "id": 1,
+        "unit_code": "BSBWHS411",
+        "title": "Implement WHS",
+        "application": "a",
+        "elements": "1. Do",
+        "performance_criteria": "1.1 Do it",
+        "knowledge_evidence": None,
+    }
     system, user = job.render(unit)
     assert system["role"] == "system" and "$" not in system["content"]
     assert user["role"] == "user"

@@ -30,10 +30,15 @@ async def post(
 
 
 async def test_success_envelope_has_one_result_per_statement_with_meta(sim) -> None:
-    reply = await post(sim, {"batch": [
-        {"sql": "INSERT INTO t (v) VALUES (?)", "params": ["a"]},
-        {"sql": "SELECT id, v FROM t"},
-    ]})  # fmt: skip
+    reply = await post(
+        sim,
+        {
+            "batch": [
+                {"sql": "INSERT INTO t (v) VALUES (?)", "params": ["a"]},
+                {"sql": "SELECT id, v FROM t"},
+            ]
+        },
+    )
     body = reply.json()
     assert reply.status_code == 200 and body["success"] is True and body["errors"] == []
     first, second = body["result"]
@@ -51,10 +56,15 @@ async def test_raw_endpoint_returns_columns_and_rows(sim) -> None:
 
 
 async def test_a_failing_statement_rolls_back_the_whole_request(sim) -> None:
-    reply = await post(sim, {"batch": [
-        {"sql": "INSERT INTO t (id, v) VALUES (1, 'a')"},
-        {"sql": "INSERT INTO t (id, v) VALUES (1, 'duplicate')"},
-    ]})  # fmt: skip
+    reply = await post(
+        sim,
+        {
+            "batch": [
+                {"sql": "INSERT INTO t (id, v) VALUES (1, 'a')"},
+                {"sql": "INSERT INTO t (id, v) VALUES (1, 'duplicate')"},
+            ]
+        },
+    )
     assert reply.status_code == 400
     assert reply.json()["errors"][0]["code"] == 7500
     assert "UNIQUE constraint failed" in reply.json()["errors"][0]["message"]

@@ -226,10 +226,18 @@ async def test_progress_reports_the_status_figures(backend: Backend) -> None:
     )
     await store.record_run(
         RunRecord(
-            run_id="r1", kind="go", job="kn", version=VERSION, model="m", prompt_hash="h",
-            host="test", started_at="2026-11-22T09:00:00Z", billed_ticks=70, tracked_ticks=60,
+            run_id="r1",
+            kind="go",
+            job="kn",
+            version=VERSION,
+            model="m",
+            prompt_hash="h",
+            host="test",
+            started_at="2026-11-22T09:00:00Z",
+            billed_ticks=70,
+            tracked_ticks=60,
         )
-    )  # fmt: skip
+    )
     progress = await store.progress()
     assert (progress.total, progress.done, progress.failed, progress.remaining) == (9, 3, 2, 4)
     assert progress.leased == 1  # units[5] is still leased
@@ -245,10 +253,16 @@ async def test_progress_reports_the_status_figures(backend: Backend) -> None:
 async def test_run_records_upsert_and_read_back(backend: Backend) -> None:
     store = await migrated(backend, plain_units(1))
     run = RunRecord(
-        run_id="r1", kind="go", job="kn", version=VERSION, model="grok-4-1-fast-reasoning",
-        prompt_hash="abc", host="mac-mini", started_at="2026-11-22T09:00:00Z",
+        run_id="r1",
+        kind="go",
+        job="kn",
+        version=VERSION,
+        model="grok-4-1-fast-reasoning",
+        prompt_hash="abc",
+        host="mac-mini",
+        started_at="2026-11-22T09:00:00Z",
         detail={"prices": {"input": "0.20"}},
-    )  # fmt: skip
+    )
     await store.record_run(run)
     run.state, run.exit_code, run.units_ok, run.billed_ticks = "finished", 0, 42, 123_456
     await store.record_run(run)

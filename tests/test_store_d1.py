@@ -139,9 +139,12 @@ def test_html_error_pages_are_classified_without_crashing() -> None:
 
 def test_rate_limit_keeps_retry_after_and_auth_errors_exit_as_config_errors() -> None:
     limited = classify_error(
-        response(429, envelope(971, "Please wait and consider throttling your request speed"),
-                 headers={"Retry-After": "17"})
-    )  # fmt: skip
+        response(
+            429,
+            envelope(971, "Please wait and consider throttling your request speed"),
+            headers={"Retry-After": "17"},
+        )
+    )
     assert isinstance(limited, D1RateLimited) and limited.retry_after == 17
     auth = classify_error(response(403, envelope(10000, "Authentication error")))
     assert auth.exit_code == ExitCode.USAGE and "CLOUDFLARE_API_TOKEN" in str(auth)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,3 +54,14 @@ def text_excerpt(response: httpx.Response, limit: int = 200) -> str:
     """A one-line excerpt of a non-JSON body, tags stripped, for error messages."""
     text = response.content[:4000].decode("utf-8", errors="replace")
     return _WHITESPACE.sub(" ", _TAGS.sub(" ", text)).strip()[:limit]
+
+
+_KEY_LIKE = re.compile(r"\b(xai-[A-Za-z0-9_-]{6,}|Bearer\s+\S+)")
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Remove known secrets and anything shaped like an xAI key or a bearer token."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)

@@ -76,6 +76,8 @@ class ModelPrice:
     batch_output: Decimal | None
     source: str
     verified_at: date
+    # Only "xai" models are checked against xAI's live list; others are there for comparison.
+    provider: str = "xai"
 
     def ticks_per_token(self, kind: PriceKind) -> Decimal:
         price = getattr(self, kind)
@@ -125,6 +127,7 @@ class _PriceEntry(BaseModel):
     batch_output: Decimal | None = Field(default=None, ge=0)
     source: str = Field(min_length=1)
     verified_at: date
+    provider: str = "xai"
 
 
 class _Retired(BaseModel):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
 from knrun.display.console import out
+from knrun.pricecheck import PriceCheck, SyncResult
 from knrun.pricing import PricingTable
 
 
@@ -43,6 +46,11 @@ def show_status(report: dict[str, Any]) -> None:
     out.print(table)
 
 
+def price_text(usd_per_m: Decimal) -> str:
+    """At least two decimals, more only when the price has them: 0.50, 0.0758, 2.00."""
+    return f"{usd_per_m:.2f}" if usd_per_m == round(usd_per_m, 2) else f"{usd_per_m.normalize()}"
+
+
 def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> None:
     table = Table(
         title=f"{pricing.path}: USD per million tokens (* = the job's model)",
@@ -59,7 +67,7 @@ def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> N
         table.add_row(
             f"* {name}" if name == highlight else f"  {name}",
             *(
-                "—" if value is None else f"{value}"
+                "—" if value is None else price_text(value)
                 for value in (
                     price.input,
                     price.cached_input,
@@ -73,3 +81,34 @@ def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> N
     out.print(table)
     if pricing.retired:
         out.print(f"retired (refused): {', '.join(sorted(pricing.retired))}", markup=False)
+
+
+def show_price_check(result: PriceCheck) -> None:
+    table = Table(
+        box=box.SIMPLE_HEAD, title="pricing.toml vs live (USD per 1M tokens)", title_justify="left"
+    )
+    for name in ("model", "price", "pricing.toml", "live", ""):
+        table.add_column(name, justify="right" if name in ("pricing.toml", "live") else "left")
+    for row in result.rows:
+        verdict = "[green]ok[/]" if row.ok else "[bold red]DIFFERS[/]"
+        live = "—" if row.live is None else price_text(row.live)
+        table.add_row(row.model, row.kind, price_text(row.file), live, verdict)
+    out.print(table)
+    for line in result.notes:
+        out.print(f"  note: {line}", markup=False, style="dim")
+    for line in result.problems:
+        out.print(f"  FAIL: {line}", markup=False, style="bold red")
+
+
+def show_sync(result: SyncResult, path: Path, *, dry_run: bool) -> None:
+    if not result.changed:
+        out.print(f"{path}: already matches the live list", markup=False)
+        return
+    out.print(result.diff(path), markup=False, end="")
+    for line in result.warnings:
+        out.print(f"warning: {line}", markup=False, style="yellow")
+    done = "would update" if dry_run else "updated"
+    summary = [f"{done} {', '.join(result.updated) or 'dates only'}"]
+    if result.added:
+        summary.append(f"added {', '.join(result.added)}")
+    out.print(f"{path}: {'; '.join(summary)}", markup=False)

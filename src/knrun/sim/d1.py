@@ -36,11 +36,23 @@ from knrun.sim.asgi import (
 MAX_PARAMS = 100
 MAX_STATEMENT_BYTES = 100_000
 ALLOWED_PRAGMAS = {
-    "table_list", "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
-    "quick_check", "foreign_key_check", "foreign_key_list", "case_sensitive_like",
-    "ignore_check_constraints", "legacy_alter_table", "recursive_triggers",
-    "reverse_unordered_selects", "foreign_keys", "defer_foreign_keys",
-}  # fmt: skip
+    "table_list",
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "quick_check",
+    "foreign_key_check",
+    "foreign_key_list",
+    "case_sensitive_like",
+    "ignore_check_constraints",
+    "legacy_alter_table",
+    "recursive_triggers",
+    "reverse_unordered_selects",
+    "foreign_keys",
+    "defer_foreign_keys",
+}
 _ROUTE = re.compile(r"/accounts/(?P<account>[^/]+)/d1/database/(?P<db>[^/]+)/(?P<kind>query|raw)$")
 _TRANSACTION = re.compile(r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 _PRAGMA = re.compile(r"^\s*PRAGMA\s+(?:\w+\.)?(\w+)", re.IGNORECASE)
@@ -302,15 +314,23 @@ def _check_statement(sql: str, params: list[Any]) -> None:
 
 
 def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    payload = {"success": False, "errors": [{"code": code, "message": message}], "messages": [],
-               "result": None}  # fmt: skip
+    payload = {
+        "success": False,
+        "errors": [{"code": code, "message": message}],
+        "messages": [],
+        "result": None,
+    }
     return Response.json(status, payload, headers)
 
 
 def _rate_limited(retry_after_s: float) -> Response:
     seconds = max(1, int(retry_after_s + 0.999))
-    return _error(429, 971, "Please wait and consider throttling your request speed",
-                  {"retry-after": str(seconds)})  # fmt: skip
+    return _error(
+        429,
+        971,
+        "Please wait and consider throttling your request speed",
+        {"retry-after": str(seconds)},
+    )
 
 
 def _fault_response(fault: D1Fault, block_s: float) -> Response:
@@ -320,5 +340,7 @@ def _fault_response(fault: D1Fault, block_s: float) -> Response:
         return _error(429, 7500, "D1_ERROR: D1 DB is overloaded. Too many requests queued.")
     if fault.kind == "network_lost":
         return _error(500, 7500, "D1_ERROR: Network connection lost.")
-    return Response.text(503, "<html><body><h1>503 Service Temporarily Unavailable</h1>"
-                              "<p>cloudflare</p></body></html>")  # fmt: skip
+    return Response.text(
+        503,
+        "<html><body><h1>503 Service Temporarily Unavailable</h1><p>cloudflare</p></body></html>",
+    )

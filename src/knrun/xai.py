@@ -1,0 +1,394 @@
+"""The only code that talks to xAI: chat completions, the live model list, the API key's team,
+and the Management API's prepaid balance. Errors become one class per thing the caller must do
+differently; they are decided by the message first and the status second, because xAI has sent
+"out of credit" as both 429 and 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from knrun.errors import ExitCode, KnrunError
+from knrun.httputil import json_body, parse_retry_after, redact, text_excerpt
+from knrun.pricing import Usage, usd_per_m_from_live
+
+TICKS_PER_CENT = 10**8
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class XaiError(KnrunError):
+    """A failed xAI call. `status` is the HTTP status, when there was a response."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RateLimited(XaiError):
+    """Slow down: the runner pauses every worker, then resumes."""
+
+    def __init__(self, message: str, status: int | None, retry_after: float | None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class CreditExhausted(XaiError):
+    """Out of prepaid credit or over the monthly spending limit: stop the run at once."""
+
+    exit_code = ExitCode.BREAKER
+
+
+class AuthFailed(XaiError):
+    exit_code = ExitCode.USAGE
+
+
+class ModelUnavailable(XaiError):
+    """The model does not exist (retired) or this team cannot use it."""
+
+    exit_code = ExitCode.USAGE
+
+
+class PromptTooLong(XaiError):
+    pass
+
+
+class BadRequest(XaiError):
+    pass
+
+
+class BadResponse(XaiError):
+    """A 2xx reply knrun cannot read. It may have been billed, so it is never repeated."""
+
+
+class ServerError(XaiError):
+    pass
+
+
+class Timeout(XaiError):
+    pass
+
+
+class Network(XaiError):
+    pass
+
+
+RETRYABLE = (ServerError, Timeout, Network)
+
+_CREDIT = ("used all available credits", "monthly spending limit", "any credits")
+_AUTH = (
+    "incorrect api key",
+    "invalid api key",
+    "api key is blocked",
+    "api key is disabled",
+    "team is blocked",
+    "no api key",
+)
+_MODEL = ("does not exist", "model not found")
+_TOO_LONG = ("maximum prompt length", "input_too_large", "prompt is too long")
+_RATE = ("too many requests", "rate limit", "at capacity")
+
+
+def classify(response: httpx.Response, *, secrets: Sequence[str] = ()) -> XaiError:
+    """The error class for a failed response, JSON or not (proxies send HTML pages)."""
+    status = response.status_code
+    body = json_body(response)
+    message = ""
+    if isinstance(body, dict):
+        detail = body.get("error") or body.get("message") or body.get("code")
+        if isinstance(detail, dict):  # OpenAI-style {"error": {"message": ...}} from a proxy
+            detail = detail.get("message")
+        message = str(detail or "")
+    message = redact(message or text_excerpt(response) or response.reason_phrase, secrets)
+    text = f"xAI HTTP {status}: {message}"
+    lowered = message.lower()
+    if any(fragment in lowered for fragment in _CREDIT):
+        return CreditExhausted(text, status)
+    if any(fragment in lowered for fragment in _AUTH) or status == 401:
+        return AuthFailed(text, status)
+    if any(fragment in lowered for fragment in _MODEL):
+        return ModelUnavailable(text, status)
+    if any(fragment in lowered for fragment in _TOO_LONG):
+        return PromptTooLong(text, status)
+    if status == 429 or any(fragment in lowered for fragment in _RATE):
+        return RateLimited(text, status, parse_retry_after(response.headers.get("retry-after")))
+    if status == 403:
+        return AuthFailed(text, status)  # blocked team or key, or a missing permission
+    if status == 404:
+        return ModelUnavailable(text, status) if "model" in lowered else BadRequest(text, status)
+    if status == 408:
+        return Timeout(text, status)
+    if status >= 500:
+        return ServerError(text, status)
+    return BadRequest(text, status)
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    content: str | None
+    finish_reason: str | None
+    refusal: str | None
+    usage: Usage
+    model: str
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """One entry of the live language-model list. Prices in USD per million tokens."""
+
+    id: str
+    aliases: tuple[str, ...]
+    version: str | None
+    fingerprint: str | None
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+
+    def names(self) -> set[str]:
+        return {self.id, *self.aliases}
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    team_id: str
+    name: str | None
+    blocked: bool
+
+
+class _LiveModelEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    aliases: list[str] = []
+    version: str | None = None
+    fingerprint: str | None = None
+    prompt_text_token_price: int = 0
+    cached_prompt_text_token_price: int = 0
+    completion_text_token_price: int = 0
+
+
+def find_live(models: Sequence[LiveModel], name: str) -> LiveModel | None:
+    """The live model whose id or alias is `name`."""
+    return next((model for model in models if name in model.names()), None)
+
+
+# -- the client -----------------------------------------------------------------------------------
+
+
+class XaiClient:
+    """One client per run. Two connection pools: the API (API key) and the Management API
+    (management key). Keys live only in those pools' headers and never in messages."""
+
+    def __init__(
+        self,
+        *,
+        api_key: SecretStr,
+        base_url: str = "https://api.x.ai/v1",
+        management_key: SecretStr | None = None,
+        management_base_url: str = "https://management-api.x.ai",
+        transport: httpx.AsyncBaseTransport | None = None,
+        management_transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 50,
+        timeout_s: float = 30.0,
+        chat_timeout_s: float = 120.0,
+        retry_attempts: int = 3,
+        retry_max_s: float = 300.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._secrets = [key for key in (api_key, management_key) if key is not None]
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._api = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            transport=transport,
+            limits=limits,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
+        )
+        self._management: httpx.AsyncClient | None = None
+        if management_key is not None:
+            self._management = httpx.AsyncClient(
+                base_url=management_base_url.rstrip("/"),
+                transport=management_transport or transport,
+                timeout=httpx.Timeout(timeout_s, connect=10.0),
+                headers={"Authorization": f"Bearer {management_key.get_secret_value()}"},
+            )
+        self.chat_timeout_s = chat_timeout_s
+        self._retry_attempts = retry_attempts
+        self._retry_max_s = retry_max_s
+        self._sleep = sleep
+
+    @property
+    def has_management_key(self) -> bool:
+        return self._management is not None
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+        if self._management is not None:
+            await self._management.aclose()
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_completion_tokens: int,
+        response_schema: dict[str, Any],
+        schema_name: str,
+        conv_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ChatReply:
+        """One chat completion with a JSON-Schema response format. Retries server errors,
+        timeouts and network failures (bounded); raises everything else to the caller."""
+        body = {
+            "model": model,
+            "messages": messages,
+            "temperature": temperature,
+            "max_completion_tokens": max_completion_tokens,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": response_schema},
+            },
+        }
+        headers = {"x-grok-conv-id": conv_id} if conv_id else {}
+        timeout = httpx.Timeout(timeout_s or self.chat_timeout_s, connect=10.0)
+        data = await self._request(
+            self._api, "POST", "/chat/completions", json=body, headers=headers, timeout=timeout
+        )
+        return _parse_chat(data, model)
+
+    async def language_models(self) -> list[LiveModel]:
+        data = await self._request(self._api, "GET", "/language-models")
+        entries = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise BadResponse("xAI /language-models: no 'models' list in the reply")
+        try:
+            parsed = [_LiveModelEntry.model_validate(entry) for entry in entries]
+        except ValidationError as exc:
+            raise BadResponse(
+                f"xAI /language-models: unexpected entry: {exc.errors()[0]['msg']}"
+            ) from None
+        return [
+            LiveModel(
+                id=entry.id,
+                aliases=tuple(entry.aliases),
+                version=entry.version,
+                fingerprint=entry.fingerprint,
+                input=usd_per_m_from_live(entry.prompt_text_token_price),
+                cached_input=usd_per_m_from_live(entry.cached_prompt_text_token_price),
+                output=usd_per_m_from_live(entry.completion_text_token_price),
+            )
+            for entry in parsed
+        ]
+
+    async def api_key_info(self) -> ApiKeyInfo:
+        data = await self._request(self._api, "GET", "/api-key")
+        if not isinstance(data, dict) or not data.get("team_id"):
+            raise BadResponse("xAI /api-key: no team_id in the reply")
+        blocked = any(
+            data.get(flag) for flag in ("team_blocked", "api_key_blocked", "api_key_disabled")
+        )
+        return ApiKeyInfo(team_id=str(data["team_id"]), name=data.get("name"), blocked=blocked)
+
+    async def prepaid_balance_ticks(self, team_id: str) -> int:
+        """Remaining prepaid credit in ticks. The ledger counts purchases negative, so the
+        remaining amount is minus the total, in cents."""
+        if self._management is None:
+            raise AuthFailed("XAI_MANAGEMENT_KEY is not set: the prepaid balance cannot be read")
+        path = f"/v1/billing/teams/{team_id}/prepaid/balance"
+        data = await self._request(self._management, "GET", path)
+        try:
+            cents = int(str(data["total"]["val"]))
+        except (KeyError, TypeError, ValueError):
+            raise BadResponse("xAI prepaid balance: no total.val in the reply") from None
+        return -cents * TICKS_PER_CENT
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _request(
+        self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
+    ) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_max_s),
+            wait=wait_random_exponential(multiplier=1, max=20),
+            retry=retry_if_exception_type(RETRYABLE),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send(client, method, path, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _send(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await client.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise Timeout(f"xAI {path}: no reply within the timeout") from None
+        except httpx.TransportError as exc:
+            raise Network(f"xAI {path}: network error ({type(exc).__name__})") from None
+        if not response.is_success:
+            raise classify(response, secrets=[key.get_secret_value() for key in self._secrets])
+        data = json_body(response)
+        if data is None:
+            raise BadResponse(f"xAI {path}: reply is not JSON: {text_excerpt(response, 120)}")
+        return data
+
+
+def _parse_chat(data: Any, requested_model: str) -> ChatReply:
+    try:
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        usage = data["usage"]
+        prompt = int(usage["prompt_tokens"])
+        completion = int(usage.get("completion_tokens") or 0)
+        total = usage.get("total_tokens")
+        details_in = usage.get("prompt_tokens_details") or {}
+        details_out = usage.get("completion_tokens_details") or {}
+        # Reasoning tokens are billed as output but sit outside completion_tokens: trust
+        # total - prompt - completion when the total is there, as xAI's bill does.
+        reasoning = (
+            int(total) - prompt - completion
+            if total is not None
+            else int(details_out.get("reasoning_tokens") or 0)
+        )
+        billed = usage.get("cost_in_usd_ticks")
+        return ChatReply(
+            content=message.get("content"),
+            finish_reason=choice.get("finish_reason"),
+            refusal=message.get("refusal"),
+            usage=Usage(
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cached_tokens=int(details_in.get("cached_tokens") or 0),
+                reasoning_tokens=max(reasoning, 0),
+                billed_ticks=None if billed is None else int(billed),
+            ),
+            model=str(data.get("model") or requested_model),
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise BadResponse(
+            f"xAI chat reply lacks choices or usage: {json.dumps(data)[:200]}"
+        ) from None

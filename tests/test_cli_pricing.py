@@ -1,0 +1,120 @@
+"""`knrun pricing check` and `sync` against the simulator served on a loopback port."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from knrun.cli import app
+from knrun.pricing import load_pricing
+from knrun.sim.xai import XaiSimulator
+
+runner = CliRunner()
+TODAY = datetime.now(UTC).date()
+
+
+def knrun(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def fresh_pricing(project: Path) -> Path:
+    """The repository's pricing.toml, verified today (its own dates are months old)."""
+    path = project / "pricing.toml"
+    path.write_text(re.sub(r"verified_at = \S+", f"verified_at = {TODAY}", path.read_text()))
+    return path
+
+
+def set_price(path: Path, model: str, kind: str, value: str) -> None:
+    text = path.read_text()
+    block = re.search(rf'\[models\."{re.escape(model)}"\][^\[]*', text)
+    assert block
+    changed = re.sub(rf"^{kind} = .*$", f"{kind} = {value}", block.group(0), flags=re.M)
+    path.write_text(text.replace(block.group(0), changed))
+
+
+def test_check_passes_when_prices_match_and_are_fresh(
+    fresh_pricing: Path, xai_server: XaiSimulator
+) -> None:
+    code, out, err = knrun("pricing", "check")
+    assert code == 0, err
+    assert "matches the live list" in out
+    assert "grok-4-1-fast-reasoning" in out and "DIFFERS" not in out
+
+
+def test_check_fails_naming_the_model_and_both_prices_when_the_file_is_66x_low(
+    fresh_pricing: Path, xai_server: XaiSimulator
+) -> None:
+    # The incident: the script's constants were 6.6x below what was billed.
+    set_price(fresh_pricing, "grok-4-1-fast-reasoning", "output", "0.0758")
+    code, out, err = knrun("pricing", "check")
+    assert code == 2
+    expected = "grok-4-1-fast-reasoning output: pricing.toml says $0.0758/M, live $0.5/M (6.6x)"
+    assert f"FAIL: {expected}" in out
+    assert "knrun pricing sync" in err
+
+
+def test_check_fails_when_the_jobs_model_is_retired(
+    fresh_pricing: Path, xai_server: XaiSimulator
+) -> None:
+    job = Path("prompts/kn-1.6.toml")
+    text = job.read_text().replace('model = "grok-4-1-fast-reasoning"', 'model = "grok-3-fast"')
+    job.write_text(text)
+    code, out, _ = knrun("pricing", "check")
+    assert code == 2
+    assert "FAIL: job model grok-3-fast is in [retired]" in out
+    assert "FAIL: job model grok-3-fast is not on the live list" in out
+
+
+def test_check_fails_on_a_stale_verified_at(fresh_pricing: Path, xai_server: XaiSimulator) -> None:
+    old = TODAY - timedelta(days=8)
+    set_price(fresh_pricing, "grok-4.20-0309-reasoning", "verified_at", str(old))
+    code, out, _ = knrun("pricing", "check")
+    assert code == 2
+    assert f"grok-4.20-0309-reasoning: verified_at {old} is 8 days old (limit 7)" in out
+    assert knrun("pricing", "check", "--max-age-days", "10")[0] == 0
+
+
+def test_check_without_a_key_is_one_line_and_exit_2(fresh_pricing: Path) -> None:
+    code, _, err = knrun("pricing", "check")
+    assert code == 2 and err.strip().startswith("error: XAI_API_KEY is not set")
+
+
+def test_sync_writes_live_prices_and_today_keeping_comments(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    path = project / "pricing.toml"
+    set_price(path, "grok-4-1-fast-reasoning", "output", "0.0758")
+    code, out, _ = knrun("pricing", "sync", "--dry-run")
+    assert code == 0 and "-output = 0.0758" in out and "+output = 0.5" in out
+    assert "0.0758" in path.read_text()  # dry run wrote nothing
+    code, out, _ = knrun("pricing", "sync")
+    assert code == 0 and "updated grok-4-1-fast-reasoning" in out
+    text = path.read_text()
+    assert "# Still accepted by the API at legacy prices" in text  # comments survive
+    table = load_pricing(path)
+    fast = table.models["grok-4-1-fast-reasoning"]
+    assert str(fast.output) == "0.5" and fast.verified_at == TODAY
+    assert str(fast.batch_output) == "0.25"  # not on the live list: kept as written
+    assert "grok-3-fast" in table.retired
+    assert knrun("pricing", "check")[0] == 0
+    code, out, _ = knrun("pricing", "sync")
+    assert "already matches the live list" in out
+
+
+def test_sync_adds_the_jobs_model_when_it_is_live_but_missing(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    path = project / "pricing.toml"
+    text = path.read_text()
+    path.write_text(re.sub(r'\[models\."grok-4-1-fast-reasoning"\][^\[]*', "", text))
+    assert knrun("pricing", "show")[0] == 2
+    code, out, _ = knrun("pricing", "sync")
+    assert code == 0 and "added grok-4-1-fast-reasoning" in out
+    assert load_pricing(path).models["grok-4-1-fast-reasoning"].batch_input is None
+    assert knrun("pricing", "show")[0] == 0
