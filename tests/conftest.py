@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from knrun.importer import import_units
 from knrun.job import JobSpec, load_job
+from knrun.judge import utc_now
+from knrun.pricing import load_pricing
+from knrun.receipt import Receipt, save_receipt
 from knrun.sim.corpus import synthetic_units, write_jsonl
 from knrun.sim.d1 import D1Simulator
 from knrun.sim.scenario import Scenario
@@ -78,6 +85,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "prompts").mkdir()
     shutil.copy(EXAMPLE_JOB, tmp_path / "prompts" / EXAMPLE_JOB.name)
     shutil.copy(EXAMPLE_PRICING, tmp_path / "pricing.toml")
+    shutil.copy(ROOT / "checklist.md", tmp_path / "checklist.md")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -203,3 +211,69 @@ def units_file(tmp_path: Path) -> Path:
     path = tmp_path / "units.jsonl"
     write_jsonl(path, 30)
     return path
+
+
+# -- a project ready to run ------------------------------------------------------------------------
+
+
+def refresh_pricing_dates(path: Path) -> None:
+    """The repository's pricing.toml is months old; a run needs it verified today."""
+    today = datetime.now(UTC).date()
+    path.write_text(re.sub(r"verified_at = \S+", f"verified_at = {today}", path.read_text()))
+
+
+def prepare_units(project: Path, count: int) -> int:
+    """Import `count` synthetic units into the project's SQLite store, migrate it, and return
+    how many match the job's where clause."""
+    job = load_job(project / "prompts" / EXAMPLE_JOB.name)
+    source = project / "units.jsonl"
+    write_jsonl(source, count)
+    import_units(source, project / "knrun.sqlite", job)
+
+    async def migrate() -> int:
+        store = SqliteStore(job, project / "knrun.sqlite")
+        await store.migrate()
+        remaining = await store.count_remaining()
+        await store.close()
+        return remaining
+
+    return asyncio.run(migrate())
+
+
+def write_receipt(
+    project: Path,
+    *,
+    estimate_unit_ticks: int | None = None,
+    approved_ticks: int | None = None,
+    created_at: str | None = None,
+) -> Receipt:
+    """A passing receipt as preflight would write it, for the job and pricing as they are now."""
+    job = load_job(project / "prompts" / EXAMPLE_JOB.name)
+    price = load_pricing(project / "pricing.toml").price_for(job.model)
+    unit = estimate_unit_ticks or price.estimate_ticks(450, 2900)
+    receipt = Receipt(
+        job=job.name,
+        version=job.version,
+        model=job.model,
+        prompt_hash=job.prompt_hash,
+        pricing_fingerprint=price.fingerprint(),
+        created_at=created_at or utc_now(),
+        run_id="test",
+        remaining_units=1000,
+        estimate_ticks=unit * 1000,
+        estimate_unit_ticks=unit,
+        approved_ticks=approved_ticks or unit * 1000 * 115 // 100,
+        balance_ticks=None,
+        balance_source="attested",
+    )
+    save_receipt(project / ".knrun", job, receipt)
+    return receipt
+
+
+@pytest.fixture
+def ready(project: Path) -> Path:
+    """A project with 500 imported units, fresh prices and a passing receipt."""
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 500)
+    write_receipt(project)
+    return project

@@ -13,12 +13,30 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from knrun import __version__
+from knrun.commands import (
+    RunCommand,
+    RunStopped,
+    approved_left,
+    outcome_message,
+    parse_usd,
+    run_command,
+)
 from knrun.config import load_settings
-from knrun.context import fetch_live_models, load_context, load_pricing_for, optional_job
+from knrun.context import (
+    STATE_DIR,
+    fetch_live_models,
+    load_context,
+    load_pricing_for,
+    optional_job,
+)
 from knrun.display import console, tables
 from knrun.errors import ConfigError, ExitCode, KnrunError
 from knrun.importer import import_units
+from knrun.launch import Launched
 from knrun.pricecheck import MAX_AGE_DAYS, check_prices, sync_prices, write_atomically
+from knrun.receipt import describe as receipt_describe
+from knrun.receipt import load_valid_receipt
+from knrun.runner import RunConfig
 from knrun.status import status_report
 
 P = ParamSpec("P")
@@ -227,6 +245,64 @@ def pricing_sync(
     tables.show_sync(result, table.path, dry_run=dry_run)
     if result.changed and not dry_run:
         write_atomically(table.path, result.after)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, max=500, help="Workers (requests in flight).")
+]
+MaxSpendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-spend",
+        help="Spend cap in USD. Default: the receipt's approved amount, less what earlier go "
+        "runs spent since preflight.",
+        show_default=False,
+    ),
+]
+Max429Option = Annotated[
+    int, typer.Option("--max-consecutive-429", min=1, help="Circuit breaker: 429s in a row.")
+]
+
+
+@app.command("go")
+@guarded
+def go(
+    job: JobOption = None,
+    pricing: PricingOption = None,
+    concurrency: ConcurrencyOption = 50,
+    max_spend: MaxSpendOption = None,
+    max_consecutive_429: Max429Option = 50,
+) -> None:
+    """Run the job: every eligible unit, resumably, under the guards. Needs a passing
+    `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
+    ctx = load_context(job)
+    price = load_pricing_for(pricing).price_for(ctx.job.model)
+    receipt = load_valid_receipt(STATE_DIR, ctx.job, price)
+    cap = parse_usd(max_spend, "--max-spend") or run_async(approved_left(ctx, receipt))
+    if cap <= 0:
+        raise RunStopped(
+            f"the approved spend of {receipt_describe(receipt)} is used up: run `knrun preflight` "
+            "again, or pass --max-spend",
+            ExitCode.SPEND_CAP,
+        )
+    config = RunConfig(
+        concurrency=concurrency,
+        max_consecutive_429=max_consecutive_429,
+        cap_ticks=cap,
+        estimate_unit_ticks=receipt.estimate_unit_ticks,
+    )
+    finish(run_async(run_command(RunCommand("go", ctx, price, config, live=console.is_terminal()))))
+
+
+def finish(launched: Launched) -> None:
+    """The run's last word: a summary line, and its exit code."""
+    code, text = outcome_message(launched)
+    if code == ExitCode.OK:
+        console.note(text)
+        return
+    raise RunStopped(text, code)
 
 
 def today() -> date:

@@ -40,3 +40,9 @@ class StoreError(KnrunError):
     """The unit store refused or failed a request."""
 
     exit_code = ExitCode.FAILURE
+
+
+class NotAuthorised(KnrunError):
+    """The run has no valid preflight receipt (or another run holds the lock)."""
+
+    exit_code = ExitCode.USAGE

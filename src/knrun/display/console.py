@@ -24,3 +24,7 @@ def warn(message: str) -> None:
 
 def note(message: str) -> None:
     out.print(message, markup=False)
+
+
+def is_terminal() -> bool:
+    return out.is_terminal

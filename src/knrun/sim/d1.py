@@ -74,6 +74,12 @@ class D1Fault:
     # was applied, which is exactly when only idempotent requests may be repeated.
     applied: bool = False
     writes_only: bool = False
+    only_if: str | None = None  # refuse only requests whose SQL contains this text
+
+    def hits(self, statements: list[dict[str, Any]], is_write: bool) -> bool:
+        if self.writes_only and not is_write:
+            return False
+        return self.only_if is None or any(self.only_if in s["sql"] for s in statements)
 
 
 @dataclass
@@ -179,7 +185,7 @@ class D1Simulator:
             return self._refuse(_error(400, 7400, f"Invalid request body: {exc}"))
         is_write = any(_WRITE.match(s["sql"]) for s in statements)
         self.stats.write_requests += int(is_write)
-        fault = self._take_fault(is_write)
+        fault = self._take_fault(statements, is_write)
         if fault is not None and not fault.applied:
             return self._refuse(_fault_response(fault, self.block_s))
         try:
@@ -209,10 +215,10 @@ class D1Simulator:
         self._recent.append(now)
         return None
 
-    def _take_fault(self, is_write: bool) -> D1Fault | None:
-        if self.outage is not None and (is_write or not self.outage.writes_only):
+    def _take_fault(self, statements: list[dict[str, Any]], is_write: bool) -> D1Fault | None:
+        if self.outage is not None and self.outage.hits(statements, is_write):
             return self.outage
-        if self.faults and (is_write or not self.faults[0].writes_only):
+        if self.faults and self.faults[0].hits(statements, is_write):
             return self.faults.popleft()
         return None
 

@@ -22,7 +22,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _server(app: Any) -> uvicorn.Server:
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=1,  # a simulator has nothing worth waiting for at exit
     )
     return uvicorn.Server(config)
 

@@ -79,6 +79,8 @@ class XaiStats:
     peak_in_flight: int = 0
     paid_by_prompt: Counter[str] = field(default_factory=Counter)  # paid replies per prompt
     latencies: list[float] = field(default_factory=list)  # simulated seconds, unscaled
+    arrivals: list[float] = field(default_factory=list)  # clock time of each chat request
+    answered: list[tuple[float, str]] = field(default_factory=list)  # (clock time, outcome)
 
     @property
     def paid_requests(self) -> int:
@@ -184,6 +186,7 @@ class XaiSimulator:
 
     async def _chat(self, request: Request) -> Response:
         self.stats.chat_requests += 1
+        self.stats.arrivals.append(self._clock())
         try:
             body = request.json()
             messages = body["messages"]
@@ -327,6 +330,7 @@ class XaiSimulator:
 
     def _outcome(self, name: str, response: Response) -> Response:
         self.stats.outcomes[name] += 1
+        self.stats.answered.append((self._clock(), name))
         return response
 
     # -- other endpoints --------------------------------------------------------------------------

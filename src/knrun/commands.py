@@ -1,0 +1,135 @@
+"""The run commands' bodies (`go`, and later `retry` and the canary), between the CLI's argument
+parsing and `launch`: build the run's configuration, wire display, log and signals, record."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from knrun.awake import keep_awake
+from knrun.context import STATE_DIR, Context
+from knrun.display import console
+from knrun.display.live import run_display
+from knrun.errors import ConfigError, ExitCode, KnrunError
+from knrun.events import Event, EventSink
+from knrun.launch import Launch, Launched, launch
+from knrun.lock import new_run_id
+from knrun.pricing import ModelPrice, format_usd, usd_to_ticks
+from knrun.receipt import Receipt
+from knrun.runlog import CHECKLIST, EventLog, append_history
+from knrun.runner import RunConfig, Runner
+
+
+def parse_usd(value: str | None, option: str) -> int | None:
+    """A dollar amount from the command line, as ticks."""
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.strip().lstrip("$"))
+    except InvalidOperation:
+        raise ConfigError(f"{option}: {value!r} is not an amount in USD") from None
+    if not amount.is_finite() or amount <= 0:
+        raise ConfigError(f"{option}: must be a positive amount in USD")
+    return usd_to_ticks(amount)
+
+
+async def approved_left(ctx: Context, receipt: Receipt) -> int:
+    """The receipt's approved spend minus what `go` runs have been billed since it was issued,
+    so restarting `go` never resets the cap."""
+    store = ctx.open_store()
+    try:
+        runs = await store.runs(limit=10_000, kind="go")
+    finally:
+        await store.close()
+    spent = sum(run.billed_ticks for run in runs if run.started_at >= receipt.created_at)
+    return receipt.approved_ticks - spent
+
+
+@dataclass
+class RunCommand:
+    kind: str
+    ctx: Context
+    price: ModelPrice
+    config: RunConfig
+    live: bool  # a live panel (terminal) or plain lines (cron, pipes)
+
+
+async def run_command(command: RunCommand, *, extra_events: EventSink | None = None) -> Launched:
+    run_id = new_run_id()
+    log = EventLog(STATE_DIR / "runs" / f"{run_id}.jsonl")
+    caffeinate = keep_awake()
+    with run_display(live=command.live) as display:
+
+        def events(event: Event) -> None:
+            log(event)
+            display(event)
+            if extra_events is not None:
+                extra_events(event)
+
+        def on_runner(runner: Runner) -> None:
+            display.attach(runner.state)
+            _handle_signals(runner)
+
+        try:
+            launched = await launch(
+                command.ctx,
+                Launch(
+                    kind=command.kind,
+                    price=command.price,
+                    config=command.config,
+                    events=events,
+                    on_runner=on_runner,
+                    run_id=run_id,
+                ),
+            )
+        finally:
+            log.close()
+            if caffeinate is not None:
+                caffeinate.terminate()
+    if not append_history(launched.record, command.price):
+        console.warn(
+            f"no {CHECKLIST} with a run history table here: this run is recorded in the store's "
+            "knrun_runs table and under .knrun/runs/ only"
+        )
+    return launched
+
+
+def _handle_signals(runner: Runner) -> None:
+    """First Ctrl-C or SIGTERM: stop claiming, let in-flight requests finish. Second: now."""
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            runner.request_stop(
+                "interrupted: finishing in-flight requests (press Ctrl-C again to abandon them)",
+                ExitCode.INTERRUPTED,
+            )
+        else:
+            runner.cancel_now()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+
+def outcome_message(launched: Launched) -> tuple[int, str]:
+    result = launched.result
+    state = result.state
+    text = (
+        f"run {result.run_id}: {state.done} done, {state.failed} failed, billed "
+        f"{format_usd(state.billed_ticks)} (tracked {format_usd(state.tracked_ticks)}); "
+        f"{result.reason}"
+    )
+    return int(result.exit_code), text
+
+
+class RunStopped(KnrunError):
+    """A run that ended for a guard's reason: the message is the reason, the code the guard's."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = ExitCode(exit_code)

@@ -1,0 +1,142 @@
+"""A run as a person sees it: a live panel on a terminal, plain progress lines otherwise (cron
+logs). Reads `RunState` on its own timer and listens to the runner's events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from knrun.display.console import out
+from knrun.events import Event, RunState
+from knrun.pricing import format_usd
+
+# Events worth a line of their own in plain mode (unit events are summarised instead).
+NOTABLE = {
+    "run_started",
+    "replayed",
+    "released",
+    "rate_limited",
+    "stopping",
+    "store_error",
+    "drift_check",
+    "balance_unavailable",
+    "run_finished",
+}
+PLAIN_EVERY_S = 10.0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(state: RunState) -> str:
+    cap = f" / cap {format_usd(state.cap_ticks, 2)}" if state.cap_ticks else ""
+    return (
+        f"{state.processed}/{state.total} units ({state.done} ok, {state.failed} failed) · "
+        f"{state.units_per_minute():.0f}/min · eta {_duration(state.eta_seconds())} · "
+        f"spent {format_usd(state.billed_ticks)}{cap} · 429s {state.rate_limited} · "
+        f"in flight {state.in_flight} · write backlog {state.write_backlog}"
+    )
+
+
+def panel(state: RunState) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    share = state.processed / state.total if state.total else 1.0
+    bar_width = 30
+    filled = int(share * bar_width)
+    grid.add_row("progress", f"[green]{'█' * filled}[/]{'░' * (bar_width - filled)} {share:.0%}")
+    grid.add_row(
+        "units",
+        f"{state.processed:,} / {state.total:,}  ({state.done:,} ok, {state.failed:,} failed)",
+    )
+    grid.add_row(
+        "rate", f"{state.units_per_minute():.0f} units/min · eta {_duration(state.eta_seconds())}"
+    )
+    estimate = format_usd(state.estimate_ticks, 2) if state.estimate_ticks else "—"
+    cap = format_usd(state.cap_ticks, 2) if state.cap_ticks else "none"
+    grid.add_row(
+        "spent",
+        f"{format_usd(state.billed_ticks)} billed · {format_usd(state.tracked_ticks)} "
+        f"tracked · estimate {estimate} · cap {cap}",
+    )
+    reasons = ", ".join(f"{k} {v}" for k, v in state.failed_by_reason.most_common(4)) or "none"
+    grid.add_row("failures", reasons)
+    cooling = " · [yellow]cooling down[/]" if state.cooling_down else ""
+    grid.add_row("429s", f"{state.rate_limited}{cooling}")
+    grid.add_row(
+        "pipeline",
+        f"{state.queued} queued · {state.in_flight} in flight · "
+        f"{state.write_backlog} to write · {state.written:,} written",
+    )
+    parts: list[Table | Text] = [grid]
+    if state.stopping:
+        parts.append(Text(f"stopping: {state.stopping}", style="bold yellow"))
+    return Panel(Group(*parts), title=f"knrun run {state.run_id}", title_align="left")
+
+
+class RunDisplay:
+    """An event sink that also renders the run. Attach the state once the runner exists."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.live = live
+        self.state: RunState | None = None
+        self._live: Live | None = None
+        self._last_line = 0.0
+
+    def attach(self, state: RunState) -> None:
+        self.state = state
+        if self.live:
+            self._live = Live(
+                get_renderable=lambda: panel(state),
+                console=out,
+                refresh_per_second=4,
+                transient=False,
+            )
+            self._live.start()
+
+    def __call__(self, event: Event) -> None:
+        if self.state is not None:
+            self.state.cooling_down = event.kind == "rate_limited" or (
+                self.state.cooling_down and event.kind not in ("unit_done", "unit_failed")
+            )
+        if event.kind in NOTABLE and not (event.kind == "drift_check" and event.message == "ok"):
+            self._line(f"{event.kind}: {event.message}")
+        elif not self.live and self.state is not None:
+            now = time.monotonic()
+            if now - self._last_line >= PLAIN_EVERY_S:
+                self._last_line = now
+                self._line(progress_line(self.state))
+
+    def _line(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        target = self._live.console if self._live is not None else out
+        target.print(f"{stamp} {text}", markup=False, highlight=False)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if self.state is not None:
+            out.print(panel(self.state) if self.live else progress_line(self.state), markup=False)
+
+
+@contextmanager
+def run_display(*, live: bool) -> Iterator[RunDisplay]:
+    display = RunDisplay(live=live)
+    try:
+        yield display
+    finally:
+        display.close()

@@ -1,0 +1,69 @@
+"""What a run reports as it goes: events (for the log and the display) and live counters.
+
+The runner only ever calls an `EventSink`; it never imports UI code. The display reads
+`RunState` on its own timer, so a busy run costs one counter update per unit, not a redraw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # run_started, unit_done, unit_failed, rate_limited, cooldown, written, ...
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EventSink = Callable[[Event], None]
+
+
+def discard(_: Event) -> None:
+    """A sink for runs nobody watches (tests that only check the outcome)."""
+
+
+@dataclass
+class RunState:
+    """Live figures of one run. Money in ticks."""
+
+    run_id: str
+    total: int  # eligible units when the run started
+    concurrency: int
+    estimate_ticks: int | None = None  # for the whole remaining corpus, from the receipt
+    cap_ticks: int | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    done: int = 0
+    failed: int = 0
+    failed_by_reason: Counter[str] = field(default_factory=Counter)
+    billed_ticks: int = 0  # the provider's cost_in_usd_ticks, summed
+    tracked_ticks: int = 0  # pricing.toml x usage, summed
+    rate_limited: int = 0  # 429s seen
+    in_flight: int = 0
+    queued: int = 0
+    write_backlog: int = 0  # paid results not yet in the store
+    written: int = 0
+    store_errors: int = 0
+    cooling_down: bool = False
+    stopping: str | None = None  # why the run is winding down
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.failed
+
+    def units_per_minute(self, now: float | None = None) -> float:
+        elapsed = (now or time.monotonic()) - self.started_at
+        return self.processed / elapsed * 60 if elapsed > 0 else 0.0
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        rate = self.units_per_minute(now) / 60
+        left = max(self.total - self.processed, 0)
+        return left / rate if rate > 0 else None

@@ -1,0 +1,509 @@
+"""The run: a claimer keeps a bounded queue of leased units fed, N workers turn units into paid
+results, and one writer sends results to the store in batches. Guards can stop it at any point.
+
+    claimer --pages of leased units--> queue --> N workers --> spool (fsync) --> writer --> store
+
+A worker never waits for another (a pool, not waves), and never waits for the store: a result is
+durable once it is in the spool, and the writer catches up in batches. The runner reports through
+an event sink and `RunState`; it imports no UI code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from knrun import judge
+from knrun.errors import ExitCode
+from knrun.events import Event, EventSink, RunState, discard
+from knrun.guards import CircuitBreaker, Cooldown, DriftMonitor, DriftReading, SpendCap
+from knrun.job import JobSpec
+from knrun.pricing import ModelPrice, format_usd
+from knrun.spool import Spool
+from knrun.store.base import SqlUnitStore
+from knrun.store.d1 import D1Error
+from knrun.store.types import Outcome, Unit, UnitFailure
+from knrun.xai import (
+    AuthFailed,
+    BadRequest,
+    BadResponse,
+    ChatReply,
+    CreditExhausted,
+    ModelUnavailable,
+    Network,
+    PromptTooLong,
+    RateLimited,
+    ServerError,
+    Timeout,
+    XaiClient,
+)
+
+BalanceReader = Callable[[], Awaitable[int | None]]
+
+
+@dataclass
+class RunConfig:
+    concurrency: int = 50
+    lease_s: float = 900.0  # a claimed unit comes back to the pool if not written within this
+    max_consecutive_429: int = 50
+    max_consecutive_outage: int = 10  # units in a row lost to 5xx/timeouts/network: xAI is down
+    cap_ticks: int | None = None
+    estimate_unit_ticks: int | None = None
+    drift_every: int = 100
+    drift_tolerance: Decimal = Decimal("0.20")
+    write_batch: int = 50
+    write_interval_s: float = 2.0
+    grace_s: float = 60.0  # how long in-flight requests may finish after a stop
+    cooldown_base_s: float = 2.0
+    cooldown_max_s: float = 60.0
+    store_retry_base_s: float = 1.0
+    store_retry_max_s: float = 60.0
+    record_every_s: float = 15.0
+    failed_only: bool = False  # retry: claim units that failed at this version
+    max_attempts: int = 0
+    max_units: int | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    exit_code: ExitCode
+    reason: str
+    state: RunState
+    unwritten: int  # paid results left in the spool for the next start
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        job: JobSpec,
+        price: ModelPrice,
+        store: SqlUnitStore,
+        xai: XaiClient,
+        spool: Spool,
+        config: RunConfig,
+        run_id: str,
+        owner: str,
+        total: int,
+        events: EventSink = discard,
+        balance: BalanceReader | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job, self.price, self.store, self.xai, self.spool = job, price, store, xai, spool
+        self.config = config
+        self.run_id, self.owner = run_id, owner
+        self.emit = events
+        self._balance = balance
+        self._clock = clock
+        self.state = RunState(
+            run_id=run_id,
+            total=total,
+            concurrency=config.concurrency,
+            cap_ticks=config.cap_ticks,
+            estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
+        )
+        self.breaker = CircuitBreaker(config.max_consecutive_429)
+        self.cooldown = Cooldown(clock, base_s=config.cooldown_base_s, max_s=config.cooldown_max_s)
+        self.drift = DriftMonitor(config.drift_every, config.drift_tolerance)
+        self.cap = (
+            SpendCap(config.cap_ticks, config.estimate_unit_ticks or 0)
+            if config.cap_ticks is not None
+            else None
+        )
+        # Unbounded as a container; the claimer keeps it between half and one-and-a-half pages,
+        # so end-of-work markers can always be added without waiting.
+        self._queue: asyncio.Queue[Unit | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._results: asyncio.Queue[tuple[int, Outcome] | None] = asyncio.Queue()
+        self._stop_reason: str | None = None
+        self._exit_code = ExitCode.OK
+        self._stopped = asyncio.Event()
+        self._abandon_writes = False
+        self._write_deadline: float | None = None  # set when the run winds down
+        self._workers: list[asyncio.Task[None]] = []
+        self._outage_streak = 0
+        self._balance_at_start: int | None = None
+        self._claimed = 0
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str, exit_code: ExitCode) -> None:
+        """Stop claiming and starting requests; in-flight ones may finish. The first reason wins."""
+        if self._stop_reason is not None:
+            return
+        self._stop_reason, self._exit_code = reason, exit_code
+        self.state.stopping = reason
+        self._stopped.set()
+        self._room.set()
+        self._start_write_deadline()
+        self.emit(Event("stopping", reason, {"exit_code": int(exit_code)}))
+        asyncio.get_running_loop().call_later(self.config.grace_s, self._cancel_workers)
+
+    def cancel_now(self) -> None:
+        """Second Ctrl-C: drop in-flight requests and stop waiting for the store. Paid results
+        are already in the spool."""
+        self.request_stop("interrupted", ExitCode.INTERRUPTED)
+        self._abandon_writes = True
+        self._cancel_workers()
+        self._results.put_nowait(None)
+
+    def _start_write_deadline(self) -> None:
+        if self._write_deadline is None:
+            self._write_deadline = self._clock() + self.config.grace_s
+
+    def _cancel_workers(self) -> None:
+        for task in self._workers:
+            task.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        self.emit(
+            Event("run_started", f"{self.state.total} units eligible", {"run_id": self.run_id})
+        )
+        if self._balance is not None:
+            self._balance_at_start = await self._balance()
+        writer = asyncio.create_task(self._writer())
+        claimer = asyncio.create_task(self._claimer())
+        self._workers = [
+            asyncio.create_task(self._worker(i)) for i in range(self.config.concurrency)
+        ]
+        try:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        finally:
+            claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+            self._start_write_deadline()
+            self._results.put_nowait(None)  # the writer flushes what is left, then ends
+            await writer
+            await self._release_leases()
+        unwritten = self.state.write_backlog
+        reason = self._stop_reason or "all eligible units processed"
+        if self._exit_code == ExitCode.OK and unwritten:
+            self._exit_code = ExitCode.FAILURE
+            reason = f"{unwritten} paid results could not be written; they stay in the spool"
+        self.emit(Event("run_finished", reason, {"exit_code": int(self._exit_code)}))
+        return RunResult(self.run_id, self._exit_code, reason, self.state, unwritten)
+
+    # -- claimer ----------------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        try:
+            await self._claim_until_done()
+        finally:
+            for _ in self._workers:  # one end-of-work marker per worker
+                self._queue.put_nowait(None)
+
+    async def _claim_until_done(self) -> None:
+        delay = self.config.store_retry_base_s
+        low_water = self.config.concurrency // 2
+        while not self.stopping:
+            while self._queue.qsize() > low_water and not self.stopping:
+                self._room.clear()
+                await self._room.wait()
+            if self.stopping:
+                return
+            want = self._claim_size()
+            if want is None:
+                return
+            if want == 0:  # the cap is full of committed units: wait for some to finish
+                await self._pause(0.05)
+                continue
+            try:
+                page = await self.store.claim(
+                    want,
+                    self.owner,
+                    self.config.lease_s,
+                    failed_only=self.config.failed_only,
+                    max_attempts=self.config.max_attempts,
+                )
+            except D1Error as exc:
+                if not exc.retryable:
+                    self.request_stop(f"the store refused a claim: {exc}", ExitCode.FAILURE)
+                    return
+                delay = await self._store_trouble("claim", exc, delay)
+                continue
+            except Exception as exc:  # SQLite locked for too long, and other passing trouble
+                delay = await self._store_trouble("claim", exc, delay)
+                continue
+            delay = self.config.store_retry_base_s
+            if not page:
+                return  # nothing eligible is left
+            self._claimed += len(page)
+            for unit in page:
+                self._queue.put_nowait(unit)
+            self.state.queued = self._queue.qsize()
+
+    def _claim_size(self) -> int | None:
+        """Units to claim now: 0 to wait, None when no more may be claimed at all."""
+        want = self.config.concurrency
+        if self.config.max_units is not None:
+            left = self.config.max_units - self._claimed
+            if left <= 0:
+                return None
+            want = min(want, left)
+        if self.cap is not None:
+            committed = self.state.in_flight + self._queue.qsize()
+            allowed = self.cap.allowance(self.state.billed_ticks, committed)
+            if allowed == 0 and committed == 0:
+                self.request_stop(
+                    f"spend cap reached: spent {format_usd(self.state.billed_ticks)} of "
+                    f"{format_usd(self.cap.cap_ticks)}, and one more unit could cost up to "
+                    f"{format_usd(self.cap.worst_case_unit_ticks)}",
+                    ExitCode.SPEND_CAP,
+                )
+                return None
+            want = min(want, allowed)
+        return want
+
+    async def _store_trouble(self, what: str, exc: Exception, delay: float) -> float:
+        self.state.store_errors += 1
+        self.emit(Event("store_error", f"{what}: {exc}", {"retry_in_s": delay}))
+        await self._pause(delay)
+        return min(delay * 2, self.config.store_retry_max_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the run is told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        conv_id = f"knrun-{self.job.name}-{self.job.prompt_hash}-{index}"
+        while (unit := await self._queue.get()) is not None:
+            self.state.queued = self._queue.qsize()
+            self._room.set()
+            if self.stopping:
+                continue  # left leased; released when the run ends
+            self.state.in_flight += 1
+            try:
+                await self._process(unit, conv_id)
+            except Exception as exc:  # a bug: stop the whole run now, not after the others
+                self.request_stop(f"internal error: {type(exc).__name__}: {exc}", ExitCode.FAILURE)
+                raise
+            finally:
+                self.state.in_flight -= 1
+
+    async def _process(self, unit: Unit, conv_id: str) -> None:
+        messages = self.job.render(unit.inputs)
+        while True:
+            await self.cooldown.wait()
+            if self.stopping:
+                return
+            try:
+                reply = await self._chat(messages, conv_id)
+            except RateLimited as exc:
+                self._rate_limited(exc)
+                continue
+            except CreditExhausted as exc:
+                # Stop at once; the unit is not failed: it was never the unit's fault.
+                self.breaker.trip_credit_exhausted(str(exc))
+                self.request_stop(self.breaker.tripped or str(exc), ExitCode.BREAKER)
+                return
+            except (AuthFailed, ModelUnavailable) as exc:
+                self.request_stop(str(exc), ExitCode.USAGE)
+                return
+            except (PromptTooLong, BadRequest, BadResponse, ServerError, Timeout, Network) as exc:
+                await self._failed_call(unit, exc)
+                return
+            break
+        self.breaker.record_success()
+        self._outage_streak = 0
+        await self._record(
+            judge.judge(reply, unit, self.job, self.price, run_id=self.run_id, owner=self.owner)
+        )
+
+    async def _chat(self, messages: list[dict[str, str]], conv_id: str) -> ChatReply:
+        return await self.xai.chat(
+            model=self.job.model,
+            messages=messages,
+            temperature=self.job.temperature,
+            max_completion_tokens=self.job.max_output_tokens,
+            response_schema=self.job.response_schema(),
+            schema_name=f"{self.job.name}_output".replace("-", "_").replace(".", "_"),
+            conv_id=conv_id,
+            timeout_s=self.job.timeout_s,
+        )
+
+    def _rate_limited(self, exc: RateLimited) -> None:
+        self.state.rate_limited += 1
+        if self.breaker.record_rate_limited():
+            self.request_stop(self.breaker.tripped or "rate-limit storm", ExitCode.BREAKER)
+            return
+        seconds = self.cooldown.trigger(exc.retry_after, self.breaker.consecutive_429)
+        self.emit(
+            Event(
+                "rate_limited",
+                f"every worker pauses {seconds:.1f} s",
+                {
+                    "retry_after": exc.retry_after,
+                    "consecutive": self.breaker.consecutive_429,
+                },
+            )
+        )
+
+    async def _failed_call(self, unit: Unit, exc: Exception) -> None:
+        reasons: dict[type[Exception], str] = {
+            PromptTooLong: judge.PROMPT_TOO_LONG,
+            BadRequest: judge.BAD_REQUEST,
+            BadResponse: judge.BAD_RESPONSE,
+        }
+        reason = reasons.get(type(exc), judge.RETRIES_EXHAUSTED)
+        if reason == judge.RETRIES_EXHAUSTED:
+            self._outage_streak += 1
+            if self._outage_streak >= self.config.max_consecutive_outage:
+                self.request_stop(
+                    f"xAI unreachable: {self._outage_streak} units in a row failed after retries "
+                    f"(last: {exc})",
+                    ExitCode.FAILURE,
+                )
+        failed = judge.failure(unit, reason, str(exc), run_id=self.run_id, owner=self.owner)
+        await self._record(judge.Judged(failed, 0, 0))
+
+    async def _record(self, judged: judge.Judged) -> None:
+        """Spool first (durable), then count, then hand to the writer."""
+        seq = await self.spool.append(judged.outcome, job=self.job.name, version=self.job.version)
+        state = self.state
+        state.billed_ticks += judged.billed_ticks
+        state.tracked_ticks += judged.tracked_ticks
+        state.write_backlog += 1
+        if self.cap is not None and judged.billed_ticks:
+            self.cap.observe(judged.billed_ticks)
+        outcome = judged.outcome
+        if isinstance(outcome, UnitFailure):
+            state.failed += 1
+            state.failed_by_reason[outcome.reason] += 1
+            self.emit(Event("unit_failed", outcome.error_text, {"unit": outcome.unit_id}))
+        else:
+            state.done += 1
+            self.emit(
+                Event("unit_done", "", {"unit": outcome.unit_id, "ticks": judged.billed_ticks})
+            )
+        self._results.put_nowait((seq, outcome))
+        if self.drift.due(state.processed):
+            await self._check_drift()
+
+    async def _check_drift(self) -> None:
+        """Decide on the figures as they stand at this unit, at once; only then read the
+        balance (a network call, during which more units land)."""
+        reading = DriftReading(
+            units=self.state.processed,
+            tracked_ticks=self.state.tracked_ticks,
+            billed_ticks=self.state.billed_ticks,
+            estimated_unit_ticks=self.config.estimate_unit_ticks,
+        )
+        problems = self.drift.problems(reading)
+        if not problems and self._balance is not None and self._balance_at_start is not None:
+            now = await self._balance()
+            if now is not None:
+                reading = replace(reading, balance_drop_ticks=self._balance_at_start - now)
+                problems = self.drift.problems(reading)
+        self.emit(
+            Event(
+                "drift_check",
+                "; ".join(problems) or "ok",
+                {
+                    "units": reading.units,
+                    "tracked": reading.tracked_ticks,
+                    "billed": reading.billed_ticks,
+                    "balance_drop": reading.balance_drop_ticks,
+                },
+            )
+        )
+        if problems:
+            self.request_stop("cost drift: " + "; ".join(problems), ExitCode.DRIFT)
+
+    # -- writer -----------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        closing = False
+        while not closing:
+            batch, closing = await self._gather_batch()
+            if batch:
+                await self._write(batch)
+
+    async def _gather_batch(self) -> tuple[list[tuple[int, Outcome]], bool]:
+        """Up to `write_batch` results, waiting at most `write_interval_s` after the first."""
+        batch: list[tuple[int, Outcome]] = []
+        item = await self._results.get()
+        if item is None:
+            return batch, True
+        batch.append(item)
+        deadline = self._clock() + self.config.write_interval_s
+        while len(batch) < self.config.write_batch:
+            try:
+                item = await asyncio.wait_for(self._results.get(), deadline - self._clock())
+            except TimeoutError:
+                break
+            if item is None:
+                batch += self._drain_now()
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _drain_now(self) -> list[tuple[int, Outcome]]:
+        rest = []
+        while not self._results.empty():
+            item = self._results.get_nowait()
+            if item is not None:
+                rest.append(item)
+        return rest
+
+    async def _write(self, batch: list[tuple[int, Outcome]]) -> None:
+        delay = self.config.store_retry_base_s
+        for start in range(0, len(batch), self.config.write_batch):
+            chunk = batch[start : start + self.config.write_batch]
+            while not self._give_up_writing():
+                try:
+                    await self.store.write_results([outcome for _, outcome in chunk])
+                    await self.spool.mark_written([seq for seq, _ in chunk])
+                except D1Error as exc:
+                    if not exc.retryable:
+                        self.request_stop(f"the store refused writes: {exc}", ExitCode.FAILURE)
+                        self._abandon_writes = True
+                        return
+                    delay = await self._write_trouble(exc, delay)
+                    continue
+                except Exception as exc:
+                    delay = await self._write_trouble(exc, delay)
+                    continue
+                self.state.written += len(chunk)
+                self.state.write_backlog -= len(chunk)
+                self.emit(
+                    Event("written", f"{len(chunk)} results", {"backlog": self.state.write_backlog})
+                )
+                break
+
+    def _give_up_writing(self) -> bool:
+        """After a stop, the backlog gets `grace_s` to drain; what is left stays in the spool."""
+        if self._abandon_writes:
+            return True
+        return self._write_deadline is not None and self._clock() > self._write_deadline
+
+    async def _write_trouble(self, exc: Exception, delay: float) -> float:
+        # A plain sleep, not `_pause`: a stopping run must not retry a struggling store faster.
+        self.state.store_errors += 1
+        self.emit(Event("store_error", f"write: {exc}", {"retry_in_s": delay}))
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.config.store_retry_max_s)
+
+    async def _release_leases(self) -> None:
+        """Give back units claimed but never finished, so the next run takes them at once."""
+        try:
+            released = await self.store.release(self.owner)
+        except Exception as exc:  # the lease expires on its own; say so and move on
+            self.emit(Event("store_error", f"release: {exc}", {}))
+            return
+        if released:
+            self.emit(Event("released", f"{released} unstarted units back to the pool", {}))

@@ -1,0 +1,148 @@
+"""The local spool: every paid result is on disk here before knrun tries to write it to the store.
+
+A SQLite file in WAL mode with `synchronous = FULL`, so a committed append survives a crash or a
+`kill -9`. Appends from many workers are committed together (group commit): while one commit is
+being synced, new appends gather for the next. Entries the store has not confirmed are replayed
+at the next start, so a store outage, or the process dying between paying and writing, loses
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from knrun.errors import StoreError
+from knrun.store.types import Outcome, UnitFailure, UnitResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    version TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    written INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def encode(outcome: Outcome) -> tuple[str, str]:
+    kind = "result" if isinstance(outcome, UnitResult) else "failure"
+    return kind, json.dumps(asdict(outcome), ensure_ascii=False)
+
+
+def decode(kind: str, payload: str) -> Outcome:
+    data = json.loads(payload)
+    return UnitResult(**data) if kind == "result" else UnitFailure(**data)
+
+
+class Spool:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute(_SCHEMA)
+            self._conn.execute(
+                "CREATE INDEX IF NOT EXISTS spool_unwritten ON spool (written, job, version)"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"spool {path}: cannot open: {exc}") from None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knrun-spool")
+        self._pending: list[tuple[str, str, str, str, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0  # for benchmarks: appends per commit shows the group commit working
+
+    async def append(self, outcome: Outcome, *, job: str, version: str) -> int:
+        """Durably record a paid outcome; returns its sequence number once it is on disk."""
+        kind, payload = encode(outcome)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, version, kind, payload, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                seqs = await loop.run_in_executor(self._executor, self._insert, batch)
+            except Exception as exc:  # every waiter must hear about it, not just one
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreError(f"spool {self.path}: {exc}"))
+                continue
+            for (*_, future), seq in zip(batch, seqs, strict=True):
+                if not future.done():
+                    future.set_result(seq)
+
+    def _insert(self, batch: list[tuple[str, str, str, str, asyncio.Future[int]]]) -> list[int]:
+        conn = self._conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seqs = [
+                conn.execute(
+                    "INSERT INTO spool (job, version, kind, payload, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (job, version, kind, payload, now),
+                ).lastrowid
+                or 0
+                for job, version, kind, payload, _ in batch
+            ]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        return seqs
+
+    async def mark_written(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            await self._run(
+                "UPDATE spool SET written = 1 WHERE seq IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(seqs)),),
+            )
+
+    async def unwritten(self, job: str, version: str) -> list[tuple[int, Outcome]]:
+        rows = await self._run(
+            "SELECT seq, kind, payload FROM spool WHERE written = 0 AND job = ? AND version = ? "
+            "ORDER BY seq",
+            (job, version),
+        )
+        return [(int(str(seq)), decode(str(kind), str(payload))) for seq, kind, payload in rows]
+
+    async def prune(self) -> int:
+        """Forget entries the store has confirmed."""
+        rows = await self._run("DELETE FROM spool WHERE written = 1 RETURNING seq", ())
+        return len(rows)
+
+    async def _run(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        loop = asyncio.get_running_loop()
+
+        def run() -> list[tuple[object, ...]]:
+            return list(self._conn.execute(sql, params).fetchall())
+
+        try:
+            return await loop.run_in_executor(self._executor, run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"spool {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,187 @@
+"""`knrun go` end to end through the CLI, against the xAI simulator on a loopback port and the
+SQLite store: the guards each stop the run with their exit code, and nothing paid is lost."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_receipt
+from knrun.cli import app
+from knrun.pricing import usd_to_ticks
+from knrun.sim.xai import XaiSimulator
+
+runner = CliRunner()
+
+
+def knrun(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def status() -> dict[str, Any]:
+    code, out, err = knrun("status", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def rows(sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect("knrun.sqlite")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def last_run() -> dict[str, Any]:
+    conn = sqlite3.connect("knrun.sqlite")
+    conn.row_factory = sqlite3.Row
+    row = conn.execute(
+        "SELECT * FROM knrun_runs WHERE kind = 'go' ORDER BY started_at DESC"
+    ).fetchone()
+    conn.close()
+    return dict(row)
+
+
+def test_500_units_with_2_percent_malformed_replies_finish_with_every_failure_recorded(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    xai_server.scenario.faults.malformed_json = 0.02
+    code, out, err = knrun("go")
+    assert code == 0, err
+    figures = status()
+    malformed = xai_server.stats.outcomes["malformed_json"]
+    assert 0 < malformed < 40
+    assert figures["remaining"] == 0 and figures["leased"] == 0
+    assert figures["done"] == figures["total"] - malformed
+    assert figures["failed_by_reason"] == {"invalid_json": malformed}
+    errors = rows("SELECT kn_error, kn_attempts FROM units WHERE kn_status = 'failed'")
+    assert len(errors) == malformed
+    assert all(error.startswith("invalid_json: ") and attempts == 1 for error, attempts in errors)
+    # Every reply paid for is accounted for, and billed equals tracked: pricing.toml is true.
+    run = last_run()
+    assert run["exit_code"] == 0 and run["units_ok"] + run["units_failed"] == figures["total"]
+    assert run["billed_ticks"] == run["tracked_ticks"] == xai_server.stats.billed_ticks
+    assert "all eligible units processed" in out
+    assert rows("SELECT COUNT(*) FROM units WHERE kn_prompt_version = '1.6'") == [
+        (figures["done"],)
+    ]
+    history = Path("checklist.md").read_text()
+    assert f"| go {run['run_id']} | kn v1.6 | grok-4-1-fast-reasoning |" in history
+
+
+@pytest.mark.parametrize("status_code", [429, 403])
+def test_credit_running_out_stops_the_run_at_once_and_fails_no_unit(
+    ready: Path, xai_server: XaiSimulator, status_code: int
+) -> None:
+    xai_server.scenario.credit_exhausted_status = status_code
+    xai_server.balance_ticks = 100 * 15_000_000  # about 100 units' worth
+    code, _, err = knrun("go")
+    assert code == 3
+    assert "credit exhausted" in err and "used all available credits" in err
+    figures = status()
+    assert figures["failed"] == 0  # an empty account is never the unit's fault
+    assert figures["leased"] == 0
+    assert figures["remaining"] == figures["total"] - figures["done"] > 0
+    assert 80 <= figures["done"] <= 200
+    # Within one round of in-flight requests: no worker starts a request after the stop.
+    assert xai_server.stats.outcomes["credit_exhausted"] <= 50
+
+
+def test_fifty_consecutive_rate_limits_trip_the_breaker(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    xai_server.force("rate_limited", 100_000)
+    code, _, err = knrun("go")
+    assert code == 3 and "rate-limit storm: 50 consecutive 429s" in err
+    figures = status()
+    assert figures["done"] == figures["failed"] == 0 and figures["leased"] == 0
+    assert 50 <= xai_server.stats.outcomes["rate_limited"] <= 100
+
+
+def test_occasional_rate_limits_pause_the_run_and_it_completes(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    xai_server.scenario.faults.rate_limited = 0.05
+    code, _, err = knrun("go")
+    assert code == 0, err
+    assert xai_server.stats.outcomes["rate_limited"] > 5
+    figures = status()
+    assert figures["done"] == figures["total"] and figures["failed"] == 0
+
+
+def test_pricing_66x_low_trips_the_drift_alarm_by_unit_100(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    pricing = Path("pricing.toml")
+    text = pricing.read_text()
+    block = text[text.index('[models."grok-4-1-fast-reasoning"]') :]
+    pricing.write_text(text.replace(block, block.replace("output = 0.50", "output = 0.0758", 1)))
+    write_receipt(ready)  # preflight would have passed on these (wrong) prices
+    code, _, err = knrun("go")
+    assert code == 5
+    assert "cost drift: tracked cost $" in err and "vs billed $" in err
+    figures = status()
+    assert figures["done"] <= 100 + 50  # halted at the 100-unit check; in-flight ones finish
+    run = last_run()
+    assert run["billed_ticks"] > 4 * run["tracked_ticks"]  # output 6.6x low, input right: ~5x
+
+
+def test_the_spend_cap_stops_the_run_and_spend_stays_under_it(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    code, _, err = knrun("go", "--max-spend", "0.05")
+    assert code == 4 and "spend cap reached" in err
+    assert 0 < xai_server.stats.billed_ticks <= usd_to_ticks(__import__("decimal").Decimal("0.05"))
+    assert last_run()["billed_ticks"] == xai_server.stats.billed_ticks
+    assert status()["leased"] == 0
+
+
+def test_the_default_cap_is_the_receipts_approval_less_earlier_runs(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    write_receipt(ready, approved_ticks=usd_to_ticks(__import__("decimal").Decimal("0.10")))
+    assert knrun("go")[0] == 4
+    first = xai_server.stats.billed_ticks
+    code, _, _err = knrun("go")  # a restart may not spend the approval twice
+    assert code == 4
+    assert xai_server.stats.billed_ticks <= usd_to_ticks(__import__("decimal").Decimal("0.10"))
+    assert first > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("none", "no preflight receipt"),
+        ("prompt", "the job file changed since preflight"),
+        ("pricing", "pricing for grok-4-1-fast-reasoning changed since preflight"),
+        ("model", "the job's model changed since preflight"),
+        ("age", "is 25 h old (valid for 24 h)"),
+    ],
+)
+def test_go_refuses_without_a_matching_fresh_receipt(
+    ready: Path, xai_server: XaiSimulator, change: str, message: str
+) -> None:
+    job, pricing = Path("prompts/kn-1.6.toml"), Path("pricing.toml")
+    if change == "none":
+        Path(".knrun/receipts/kn-1.6.json").unlink()
+    elif change == "prompt":
+        job.write_text(job.read_text().replace("Write the knowledge notes", "Write notes"))
+    elif change == "pricing":
+        pricing.write_text(pricing.read_text().replace("output = 0.50", "output = 0.55", 2))
+    elif change == "model":
+        job.write_text(
+            job.read_text().replace('"grok-4-1-fast-reasoning"', '"grok-4-1-fast-non-reasoning"')
+        )
+    else:
+        old = (datetime.now(UTC) - timedelta(hours=25)).isoformat()
+        write_receipt(ready, created_at=old)
+    code, _, err = knrun("go")
+    assert code == 2 and message in err
+    assert xai_server.stats.chat_requests == 0

@@ -1,0 +1,186 @@
+"""`knrun go` as a real process: killed with -9 mid-run and restarted, interrupted with SIGINT,
+and run against a D1 store that refuses writes for a while."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import prepare_units, refresh_pricing_dates, write_receipt
+from knrun.cli import app
+from knrun.sim.d1 import D1Fault, D1Simulator
+from knrun.sim.scenario import Scenario
+from knrun.sim.server import serve_in_thread
+from knrun.sim.xai import XaiSimulator
+
+
+def start_go(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "knrun", "go", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def query(sql: str, path: str = "knrun.sqlite") -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[XaiSimulator]:
+    """An xAI simulator on a port, with calls 50x faster than life (about 0.1 s each)."""
+    sim = XaiSimulator(Scenario(latency={"time_scale": 0.02}, balance_usd=Decimal(1000)))
+    with serve_in_thread(sim) as origin:
+        monkeypatch.setenv("XAI_BASE_URL", f"{origin}/v1")
+        monkeypatch.setenv("XAI_API_KEY", sim.scenario.api_key)
+        yield sim
+
+
+def test_kill_9_five_times_then_finish_every_unit_done_once_nothing_paid_lost(
+    project: Path, served: XaiSimulator
+) -> None:
+    refresh_pricing_dates(project / "pricing.toml")
+    eligible = prepare_units(project, 2000)
+    write_receipt(project)
+    rng = random.Random(2026)
+    killed_runs = 0
+    for _ in range(5):
+        process = start_go("--max-spend", "100")
+        deadline = time.monotonic() + 30
+        target = served.stats.paid_requests + rng.randint(40, 300)
+        while served.stats.paid_requests < target and process.poll() is None:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.01)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed_runs += 1
+        process.communicate(timeout=30)
+    assert killed_runs == 5
+    final = start_go("--max-spend", "100")
+    _out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+
+    done = query("SELECT COUNT(*) FROM units WHERE kn_prompt_version = '1.6' AND kn_attempts = 1")
+    assert done == [(eligible,)]
+    assert query("SELECT COUNT(*) FROM units WHERE kn_lease_owner IS NOT NULL") == [(0,)]
+    assert query("SELECT COUNT(*) FROM spool WHERE written = 0", ".knrun/spool.sqlite") == [(0,)]
+    # Results the killed runs paid for and spooled reached the store (replayed at the next
+    # start) instead of being bought again.
+    by_run = dict(
+        query("SELECT kn_run_id, COUNT(*) FROM units WHERE kn_run_id IS NOT NULL GROUP BY 1")
+    )
+    assert len(by_run) >= 2
+    # Paid twice: only replies lost in flight at a kill, at most 50 (the concurrency) per kill.
+    paid = served.stats.paid_by_prompt
+    assert len(paid) == eligible
+    duplicates = sum(paid.values()) - eligible
+    assert 0 <= duplicates <= 5 * 50
+
+
+def test_sigint_finishes_in_flight_work_releases_leases_and_records_the_run(
+    project: Path, served: XaiSimulator
+) -> None:
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 500)
+    write_receipt(project)
+    served.scenario.latency.time_scale = 0.1  # about half a second a call
+    process = start_go()
+    deadline = time.monotonic() + 30
+    while served.stats.paid_requests < 60:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    assert query("SELECT COUNT(*) FROM units WHERE kn_lease_owner IS NOT NULL") == [(0,)]
+    [(state, code, units_ok, billed)] = query(
+        "SELECT state, exit_code, units_ok, billed_ticks FROM knrun_runs WHERE kind = 'go'"
+    )
+    assert (state, code) == ("finished", 130)
+    # In-flight requests were allowed to finish: everything paid is in the store.
+    assert units_ok == served.stats.paid_requests
+    assert billed == served.stats.billed_ticks
+    assert query("SELECT COUNT(*) FROM units WHERE kn_prompt_version = '1.6'") == [(units_ok,)]
+
+
+def test_a_second_sigint_abandons_in_flight_requests_at_once(
+    project: Path, served: XaiSimulator
+) -> None:
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 300)
+    write_receipt(project)
+    served.scenario.latency.time_scale = 2.0  # ten-second calls: only abandoning is quick
+    process = start_go()
+    deadline = time.monotonic() + 30
+    while served.stats.in_flight < 40:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert time.monotonic() - started < 5
+
+
+def test_a_d1_store_refusing_writes_pauses_writing_not_generation_and_loses_nothing(
+    project: Path, monkeypatch: pytest.MonkeyPatch, xai_server: XaiSimulator
+) -> None:
+    refresh_pricing_dates(project / "pricing.toml")
+    eligible = prepare_units(project, 300)
+    write_receipt(project)
+    d1 = D1Simulator(project / "knrun.sqlite")  # the units, now behind the D1 REST API
+    xai_server.scenario.latency.time_scale = 0.01
+    outage_paid: list[int] = []
+
+    def refuse_result_writes_for_a_while() -> None:
+        while d1.stats.write_requests < 3:
+            time.sleep(0.005)
+        d1.outage = D1Fault("unavailable", only_if='"kn_overview"')  # result writes only
+        before = xai_server.stats.paid_requests
+        time.sleep(2.0)
+        outage_paid.append(xai_server.stats.paid_requests - before)
+        d1.outage = None
+
+    with serve_in_thread(d1) as origin:
+        for name, value in {
+            "KNRUN_STORE": "d1",
+            "CLOUDFLARE_ACCOUNT_ID": d1.account_id,
+            "CLOUDFLARE_API_TOKEN": d1.api_token,
+            "D1_DATABASE_ID": d1.database_id,
+            "CLOUDFLARE_API_BASE_URL": d1.base_url(origin),
+        }.items():
+            monkeypatch.setenv(name, value)
+        watcher = threading.Thread(target=refuse_result_writes_for_a_while, daemon=True)
+        watcher.start()
+        result = CliRunner().invoke(app, ["go"])
+        watcher.join(timeout=10)
+        assert result.exit_code == 0, result.stderr
+        assert d1.stats.refused > 0  # the outage really happened
+        assert outage_paid and outage_paid[0] > 0  # and generation went on during it
+        status = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)
+    assert status["done"] == eligible and status["failed"] == 0
+    assert query("SELECT COUNT(*) FROM spool WHERE written = 0", ".knrun/spool.sqlite") == [(0,)]
+    assert xai_server.stats.paid_requests == eligible  # nothing was paid for twice
+    assert os.path.exists(".knrun/spool.sqlite")

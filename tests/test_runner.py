@@ -1,0 +1,173 @@
+"""The runner in-process, where its timing can be watched: the shared pause, crashes, outages,
+and a store that refuses writes for a while."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from conftest import EXAMPLE_PRICING, FakeClock, plain_units, seed_units
+from knrun import judge
+from knrun.errors import ExitCode, StoreError
+from knrun.job import JobSpec
+from knrun.pricing import load_pricing
+from knrun.runner import RunConfig, Runner, RunResult
+from knrun.sim.scenario import Scenario
+from knrun.sim.xai import XaiSimulator
+from knrun.spool import Spool
+from knrun.store import SqliteStore
+from knrun.xai import XaiClient
+
+pytestmark = pytest.mark.anyio
+
+
+async def run(
+    tmp_path: Path,
+    job: JobSpec,
+    sim: XaiSimulator,
+    *,
+    units: int = 200,
+    store: Any = None,
+    config: RunConfig | None = None,
+    fake_sleep: FakeClock | None = None,
+) -> tuple[RunResult, Any]:
+    import sqlite3
+
+    path = tmp_path / "units.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    seed_units(conn, plain_units(units))
+    conn.close()
+    store = store or SqliteStore(job, path)
+    await store.migrate()
+    xai = XaiClient(
+        api_key=SecretStr(sim.scenario.api_key),
+        base_url="http://xai.sim/v1",
+        transport=sim.transport(),
+        sleep=(fake_sleep or FakeClock()).sleep,
+    )
+    spool = Spool(tmp_path / "spool.sqlite")
+    runner = Runner(
+        job=job,
+        price=load_pricing(EXAMPLE_PRICING).price_for(job.model),
+        store=store,
+        xai=xai,
+        spool=spool,
+        config=config or RunConfig(concurrency=20, write_interval_s=0.05),
+        run_id="r1",
+        owner="m:r1",
+        total=units,
+    )
+    try:
+        result = await runner.run()
+    finally:
+        await xai.aclose()
+        await spool.close()
+    return result, store
+
+
+async def test_a_429_pauses_every_worker_for_its_retry_after(tmp_path: Path, job: JobSpec) -> None:
+    sim = XaiSimulator(Scenario(latency={"median_s": 0.01, "sigma": 0.1}, balance_usd=Decimal(100)))
+    sim.force("rate_limited")
+    sim.scenario.faults.retry_after_s = 0.4
+    result, store = await run(tmp_path, job, sim)
+    assert result.exit_code == ExitCode.OK and result.state.done == 200
+    [limited_at] = [at for at, outcome in sim.stats.answered if outcome == "rate_limited"]
+    during = [at for at in sim.stats.arrivals if limited_at + 0.03 < at < limited_at + 0.37]
+    assert during == []  # nobody sent a request while the pause lasted
+    assert any(at >= limited_at + 0.4 for at in sim.stats.arrivals)  # and all resumed
+    await store.close()
+
+
+async def test_units_lost_to_a_provider_outage_stop_the_run_instead_of_failing_the_corpus(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    sim = XaiSimulator(Scenario(latency={"median_s": 0}, balance_usd=Decimal(100)))
+    sim.force("server_error", 100_000)
+    config = RunConfig(concurrency=5, write_interval_s=0.05)
+    result, store = await run(tmp_path, job, sim, config=config)
+    assert result.exit_code == ExitCode.FAILURE
+    assert result.reason.startswith("xAI unreachable: 10 units in a row failed after retries")
+    progress = await store.progress()
+    assert progress.failed <= 10 + 5  # the streak, plus what was in flight
+    assert progress.remaining >= 200 - 15
+    await store.close()
+
+
+async def test_a_crash_in_a_worker_stops_the_run_at_once(
+    tmp_path: Path, job: JobSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = XaiSimulator(Scenario(latency={"median_s": 0}, balance_usd=Decimal(100)))
+    real = judge.judge
+    calls = 0
+
+    def flaky(*args: Any, **kwargs: Any) -> judge.Judged:
+        nonlocal calls
+        calls += 1
+        if calls == 30:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(judge, "judge", flaky)
+    result, store = await run(tmp_path, job, sim)
+    assert (
+        result.exit_code == ExitCode.FAILURE
+        and "internal error: RuntimeError: boom" in result.reason
+    )
+    assert result.state.processed < 200
+    assert (await store.progress()).leased == 0  # unstarted units were given back
+    await store.close()
+
+
+class RefusingStore(SqliteStore):
+    """Refuses result writes until told otherwise, like a store in an outage."""
+
+    refusing = True
+    refused = 0
+
+    async def write_results(self, outcomes: Any) -> None:
+        if self.refusing:
+            self.refused += 1
+            raise StoreError("D1 HTTP 503: unavailable")
+        await super().write_results(outcomes)
+
+
+async def test_a_store_outage_pauses_writes_and_the_backlog_drains_after(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    sim = XaiSimulator(Scenario(latency={"median_s": 0.01}, balance_usd=Decimal(100)))
+    store = RefusingStore(job, tmp_path / "units.sqlite")
+    config = RunConfig(concurrency=20, write_interval_s=0.05, store_retry_base_s=0.05)
+
+    async def end_outage() -> None:
+        while sim.stats.paid_requests < 150:  # noqa: ASYNC110 - watching a plain counter
+            await asyncio.sleep(0.005)
+        store.refusing = False
+
+    ender = asyncio.create_task(end_outage())
+    result, _ = await run(tmp_path, job, sim, store=store, config=config)
+    await ender
+    assert result.exit_code == ExitCode.OK and result.unwritten == 0
+    assert store.refused > 0
+    progress = await store.progress()
+    assert progress.done == 200 and sim.stats.paid_requests == 200
+    await store.close()
+
+
+async def test_a_run_that_cannot_write_in_its_grace_period_leaves_results_in_the_spool(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    sim = XaiSimulator(Scenario(latency={"median_s": 0}, balance_usd=Decimal(100)))
+    store = RefusingStore(job, tmp_path / "units.sqlite")
+    config = RunConfig(concurrency=10, write_interval_s=0.05, grace_s=0.3, store_retry_base_s=0.05)
+    result, _ = await run(tmp_path, job, sim, units=50, store=store, config=config)
+    assert result.exit_code == ExitCode.FAILURE and result.unwritten == 50
+    assert "stay in the spool" in result.reason
+    spool = Spool(tmp_path / "spool.sqlite")
+    assert len(await spool.unwritten("kn", "1.6")) == 50
+    await spool.close()
+    await store.close()
