@@ -39,7 +39,7 @@ def test_example_job_loads(job: JobSpec) -> None:
 
 
 def test_schema_lists_every_output_as_required_and_closed(job: JobSpec) -> None:
-    schema = job.response_schema()
+    schema = job.response_schema
     assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert schema["required"] == list(VALID_REPLY)
     assert schema["properties"]["overview"]["type"] == "string"

@@ -172,8 +172,9 @@ class JobSpec(_Strict):
     def output_column(self, field: OutputField) -> str:
         return field.column or f"{self.source.prefix}{field.name}"
 
+    @cached_property
     def response_schema(self) -> dict[str, Any]:
-        """The JSON Schema sent as `response_format` (structured outputs)."""
+        """The JSON Schema sent as `response_format` (structured outputs). Built once."""
         return {
             "type": "object",
             "properties": {field.name: field.json_schema() for field in self.outputs},
@@ -199,12 +200,17 @@ class JobSpec(_Strict):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @cached_property
+    def _templates(self) -> tuple[string.Template, string.Template]:
+        return string.Template(self.prompt.system), string.Template(self.prompt.user)
+
     def render(self, unit: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one unit; the system prompt first, so units share a cached prefix."""
         values = {key: "" if value is None else str(value) for key, value in unit.items()}
+        system, user = self._templates
         return [
-            {"role": "system", "content": string.Template(self.prompt.system).substitute(values)},
-            {"role": "user", "content": string.Template(self.prompt.user).substitute(values)},
+            {"role": "system", "content": system.substitute(values)},
+            {"role": "user", "content": user.substitute(values)},
         ]
 
 

@@ -461,20 +461,32 @@ def _tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+def _filler(size: int = 1 << 16) -> str:
+    rng = random.Random(0)  # noqa: S311 - filler text, not secrets
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = rng.choice(_WORDS)
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)
+
+
+_FILLER = _filler()
+
+
 def _content(schema: Any, visible_tokens: int, rng: random.Random) -> str:
-    """A JSON object that fits the schema, about `visible_tokens` long (4 characters a token)."""
+    """A JSON object that fits the schema, about `visible_tokens` long (4 characters a token).
+    Text is cut from a prepared filler, so the simulator stays cheap next to the runner."""
     properties = (schema or {}).get("properties") or {"text": {"type": "string"}}
     strings = [name for name, spec in properties.items() if spec.get("type") == "string"]
-    budget = max(len(strings), 1)
-    chars_each = max(8, visible_tokens * 4 // budget)
+    chars_each = min(max(8, visible_tokens * 4 // max(len(strings), 1)), len(_FILLER) // 2)
     value: dict[str, Any] = {}
     for name, spec in properties.items():
         kind = spec.get("type")
         if kind == "string":
-            words: list[str] = []
-            while sum(len(w) + 1 for w in words) < chars_each:
-                words.append(rng.choice(_WORDS))
-            value[name] = " ".join(words)[:chars_each]
+            start = rng.randrange(len(_FILLER) - chars_each)
+            value[name] = _FILLER[start : start + chars_each].strip() or "text"
         elif kind == "integer":
             value[name] = rng.randint(1, 100)
         elif kind == "number":
