@@ -82,7 +82,7 @@ def test_kill_9_five_times_then_finish_every_unit_done_once_nothing_paid_lost(
     done = query("SELECT COUNT(*) FROM units WHERE kn_prompt_version = '1.6' AND kn_attempts = 1")
     assert done == [(eligible,)]
     assert query("SELECT COUNT(*) FROM units WHERE kn_lease_owner IS NOT NULL") == [(0,)]
-    assert query("SELECT COUNT(*) FROM spool WHERE written = 0", ".knrun/spool.sqlite") == [(0,)]
+    assert query("SELECT COUNT(*) FROM spool", ".knrun/spool.sqlite") == [(0,)]
     # Results the killed runs paid for and spooled reached the store (replayed at the next
     # start) instead of being bought again.
     by_run = dict(
@@ -181,6 +181,6 @@ def test_a_d1_store_refusing_writes_pauses_writing_not_generation_and_loses_noth
         assert outage_paid and outage_paid[0] > 0  # and generation went on during it
         status = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)
     assert status["done"] == eligible and status["failed"] == 0
-    assert query("SELECT COUNT(*) FROM spool WHERE written = 0", ".knrun/spool.sqlite") == [(0,)]
+    assert query("SELECT COUNT(*) FROM spool", ".knrun/spool.sqlite") == [(0,)]
     assert xai_server.stats.paid_requests == eligible  # nothing was paid for twice
     assert os.path.exists(".knrun/spool.sqlite")

@@ -168,6 +168,6 @@ async def test_a_run_that_cannot_write_in_its_grace_period_leaves_results_in_the
     assert result.exit_code == ExitCode.FAILURE and result.unwritten == 50
     assert "stay in the spool" in result.reason
     spool = Spool(tmp_path / "spool.sqlite")
-    assert len(await spool.unwritten("kn", "1.6")) == 50
+    assert len(await spool.pending("kn", "1.6")) == 50
     await spool.close()
     await store.close()

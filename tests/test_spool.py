@@ -33,9 +33,10 @@ async def test_appends_are_on_disk_and_come_back_unchanged(tmp_path: Path) -> No
     seqs = [await spool.append(o, job="kn", version="1.6") for o in (result(1), failure)]
     # Another connection sees them at once: they are committed, not buffered.
     conn = sqlite3.connect(tmp_path / "spool.sqlite")
-    assert conn.execute("SELECT COUNT(*) FROM spool WHERE written = 0").fetchone() == (2,)
-    assert await spool.unwritten("kn", "1.6") == [(seqs[0], result(1)), (seqs[1], failure)]
-    assert await spool.unwritten("kn", "1.7") == []
+    assert conn.execute("SELECT COUNT(*) FROM spool").fetchone() == (2,)
+    assert await spool.pending("kn", "1.6") == [(seqs[0], result(1)), (seqs[1], failure)]
+    assert await spool.pending("kn", "1.6", limit=1) == [(seqs[0], result(1))]
+    assert await spool.pending("kn", "1.7") == []
     await spool.close()
 
 
@@ -49,13 +50,14 @@ async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
     await spool.close()
 
 
-async def test_written_entries_leave_the_replay_and_are_pruned(tmp_path: Path) -> None:
+async def test_entries_the_store_confirmed_are_forgotten_the_rest_survive_a_restart(
+    tmp_path: Path,
+) -> None:
     spool = Spool(tmp_path / "spool.sqlite")
     seqs = [await spool.append(result(i), job="kn", version="1.6") for i in range(3)]
-    await spool.mark_written(seqs[:2])
-    assert [seq for seq, _ in await spool.unwritten("kn", "1.6")] == [seqs[2]]
-    assert await spool.prune() == 2
+    await spool.forget(seqs[:2])
+    assert [seq for seq, _ in await spool.pending("kn", "1.6")] == [seqs[2]]
     await spool.close()
-    reopened = Spool(tmp_path / "spool.sqlite")  # survives a restart
-    assert [seq for seq, _ in await reopened.unwritten("kn", "1.6")] == [seqs[2]]
+    reopened = Spool(tmp_path / "spool.sqlite")
+    assert [seq for seq, _ in await reopened.pending("kn", "1.6")] == [seqs[2]]
     await reopened.close()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import Backend, FakeClock, plain_units
+from knrun.errors import ConfigError
 from knrun.store import RunRecord, UnitFailure, UnitResult
 
 pytestmark = pytest.mark.anyio
@@ -126,7 +127,9 @@ async def test_two_concurrent_claimers_share_2000_units_without_duplicates_or_lo
         got: list[Any] = []
         while page := await store.claim(50, owner, 600):
             got.extend(unit.id for unit in page)
-            await asyncio.sleep(0)  # let the other claimer in between pages
+            # Long enough for the other claimer's SQLite busy handler (1-5 ms naps) to win the
+            # lock sometimes; with sleep(0) a loaded machine can let one claimer take it all.
+            await asyncio.sleep(0.005)
         return got
 
     a, b = await asyncio.gather(drain(one, "runner-a"), drain(two, "runner-b"))
@@ -268,3 +271,28 @@ async def test_run_records_upsert_and_read_back(backend: Backend) -> None:
     await store.record_run(run)
     [back] = await store.runs()
     assert back == run
+
+
+async def test_claims_come_in_row_order_and_start_after_the_cursor(backend: Backend) -> None:
+    store = await migrated(backend, plain_units(12))
+    first = await store.claim(5, "me", 600)
+    assert [u.id for u in first] == [1, 2, 3, 4, 5]
+    assert [u.position for u in first] == [1, 2, 3, 4, 5]
+    await store.release("me", [2])  # given back behind the cursor
+    after = await store.claim(5, "me", 600, after=first[-1].position)
+    assert [u.id for u in after] == [6, 7, 8, 9, 10]
+    rest = await store.claim(5, "me", 600, after=after[-1].position)
+    assert [u.id for u in rest] == [11, 12]
+    assert await store.claim(5, "me", 600, after=rest[-1].position) == []
+    assert [u.id for u in await store.claim(5, "me", 600)] == [2]  # the wrap finds it
+
+
+async def test_a_without_rowid_table_is_refused_at_migrate(backend: Backend) -> None:
+    backend.conn.execute(
+        "CREATE TABLE units (id INTEGER PRIMARY KEY, unit_code TEXT, title TEXT, application TEXT, "
+        "elements TEXT, performance_criteria TEXT, knowledge_evidence TEXT, status TEXT, "
+        "restricted_access INTEGER) WITHOUT ROWID"
+    )
+    store = backend.open()
+    with pytest.raises(ConfigError, match="WITHOUT ROWID"):
+        await store.migrate()

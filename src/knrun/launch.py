@@ -129,20 +129,20 @@ async def _launch(
     _fill(record, runner, result)
     try:
         await store.record_run(record)
-        await spool.prune()
     except Exception as exc:  # the run is over; its record is also in the event log
         request.events(Event("store_error", f"recording the run: {exc}"))
     return Launched(result, record, replayed)
 
 
 async def replay_spool(store: SqlUnitStore, spool: Spool, ctx: Context) -> int:
-    """Write results an earlier run paid for but never got into the store."""
-    pending = await spool.unwritten(ctx.job.name, ctx.job.version)
-    for start in range(0, len(pending), 50):
-        chunk = pending[start : start + 50]
-        await store.write_results([outcome for _, outcome in chunk])
-        await spool.mark_written([seq for seq, _ in chunk])
-    return len(pending)
+    """Write results an earlier run paid for but never got into the store. Before any lease is
+    given back: a failure is recorded only while its run's lease still stands."""
+    replayed = 0
+    while batch := await spool.pending(ctx.job.name, ctx.job.version, limit=50):
+        await store.write_results([outcome for _, outcome in batch])
+        await spool.forget([seq for seq, _ in batch])
+        replayed += len(batch)
+    return replayed
 
 
 async def _balance_reader(ctx: Context, xai: XaiClient, events: EventSink) -> BalanceReader | None:

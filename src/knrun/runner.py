@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from knrun import judge
-from knrun.errors import ExitCode
+from knrun.errors import ExitCode, KnrunError, StoreError
 from knrun.events import Event, EventSink, RunState, discard
 from knrun.guards import CircuitBreaker, Cooldown, DriftMonitor, DriftReading, SpendCap
 from knrun.job import JobSpec
@@ -119,7 +119,9 @@ class Runner:
         # so end-of-work markers can always be added without waiting.
         self._queue: asyncio.Queue[Unit | None] = asyncio.Queue()
         self._room = asyncio.Event()
-        self._results: asyncio.Queue[tuple[int, Outcome] | None] = asyncio.Queue()
+        self._results_ready = asyncio.Event()  # a result reached the spool
+        self._closing = False  # the workers are done: write everything, then stop
+        self._unspooled: list[Outcome] = []  # results the spool failed to take (disk full?)
         self._stop_reason: str | None = None
         self._exit_code = ExitCode.OK
         self._stopped = asyncio.Event()
@@ -140,7 +142,6 @@ class Runner:
         self.state.stopping = reason
         self._stopped.set()
         self._room.set()
-        self._start_write_deadline()
         self.emit(Event("stopping", reason, {"exit_code": int(exit_code)}))
         asyncio.get_running_loop().call_later(self.config.grace_s, self._cancel_workers)
 
@@ -150,9 +151,11 @@ class Runner:
         self.request_stop("interrupted", ExitCode.INTERRUPTED)
         self._abandon_writes = True
         self._cancel_workers()
-        self._results.put_nowait(None)
+        self._closing = True
+        self._results_ready.set()
 
     def _start_write_deadline(self) -> None:
+        """Once the workers are done, the backlog gets one grace period to reach the store."""
         if self._write_deadline is None:
             self._write_deadline = self._clock() + self.config.grace_s
 
@@ -184,7 +187,8 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await claimer
             self._start_write_deadline()
-            self._results.put_nowait(None)  # the writer flushes what is left, then ends
+            self._closing = True  # the writer flushes what is left, then ends
+            self._results_ready.set()
             await writer
             await self._release_leases()
         unwritten = self.state.write_backlog
@@ -200,6 +204,10 @@ class Runner:
     async def _claimer(self) -> None:
         try:
             await self._claim_until_done()
+        except KnrunError as exc:
+            self.request_stop(f"claiming: {exc}", exc.exit_code)
+        except Exception as exc:  # a bug: stop with a message, not a traceback
+            self.request_stop(f"internal error while claiming: {exc!r}", ExitCode.FAILURE)
         finally:
             for _ in self._workers:  # one end-of-work marker per worker
                 self._queue.put_nowait(None)
@@ -207,6 +215,7 @@ class Runner:
     async def _claim_until_done(self) -> None:
         delay = self.config.store_retry_base_s
         low_water = self.config.concurrency // 2
+        cursor = 0  # rowid after which the next claim starts; one wrap to 0 at the end
         while not self.stopping:
             while self._queue.qsize() > low_water and not self.stopping:
                 self._room.clear()
@@ -226,6 +235,7 @@ class Runner:
                     self.config.lease_s,
                     failed_only=self.config.failed_only,
                     max_attempts=self.config.max_attempts,
+                    after=cursor,
                 )
             except D1Error as exc:
                 if not exc.retryable:
@@ -233,12 +243,16 @@ class Runner:
                     return
                 delay = await self._store_trouble("claim", exc, delay)
                 continue
-            except Exception as exc:  # SQLite locked for too long, and other passing trouble
+            except StoreError as exc:  # SQLite busy for too long, and other passing trouble
                 delay = await self._store_trouble("claim", exc, delay)
                 continue
             delay = self.config.store_retry_base_s
             if not page:
-                return  # nothing eligible is left
+                if cursor == 0:
+                    return  # nothing eligible is left anywhere
+                cursor = 0  # past the end: look once more from the start (released leases)
+                continue
+            cursor = page[-1].position
             self._claimed += len(page)
             for unit in page:
                 self._queue.put_nowait(unit)
@@ -288,21 +302,21 @@ class Runner:
                 continue  # left leased; released when the run ends
             self.state.in_flight += 1
             try:
-                await self._process(unit, conv_id)
+                await self._process(unit, conv_id, index)
             except Exception as exc:  # a bug: stop the whole run now, not after the others
                 self.request_stop(f"internal error: {type(exc).__name__}: {exc}", ExitCode.FAILURE)
                 raise
             finally:
                 self.state.in_flight -= 1
 
-    async def _process(self, unit: Unit, conv_id: str) -> None:
+    async def _process(self, unit: Unit, conv_id: str, lane: int) -> None:
         messages = self.job.render(unit.inputs)
         while True:
             await self.cooldown.wait()
             if self.stopping:
                 return
             try:
-                reply = await self._chat(messages, conv_id)
+                reply = await self._chat(messages, conv_id, lane)
             except RateLimited as exc:
                 self._rate_limited(exc)
                 continue
@@ -324,16 +338,17 @@ class Runner:
             judge.judge(reply, unit, self.job, self.price, run_id=self.run_id, owner=self.owner)
         )
 
-    async def _chat(self, messages: list[dict[str, str]], conv_id: str) -> ChatReply:
+    async def _chat(self, messages: list[dict[str, str]], conv_id: str, lane: int) -> ChatReply:
         return await self.xai.chat(
             model=self.job.model,
             messages=messages,
             temperature=self.job.temperature,
             max_completion_tokens=self.job.max_output_tokens,
-            response_schema=self.job.response_schema(),
+            response_schema=self.job.response_schema,
             schema_name=f"{self.job.name}_output".replace("-", "_").replace(".", "_"),
             conv_id=conv_id,
             timeout_s=self.job.timeout_s,
+            lane=lane,
         )
 
     def _rate_limited(self, exc: RateLimited) -> None:
@@ -373,7 +388,12 @@ class Runner:
 
     async def _record(self, judged: judge.Judged) -> None:
         """Spool first (durable), then count, then hand to the writer."""
-        seq = await self.spool.append(judged.outcome, job=self.job.name, version=self.job.version)
+        try:
+            await self.spool.append(judged.outcome, job=self.job.name, version=self.job.version)
+        except StoreError as exc:
+            # Not durable (a full disk?): still hand the result to the writer, but stop.
+            self.request_stop(f"the local spool failed: {exc}", ExitCode.FAILURE)
+            self._unspooled.append(judged.outcome)
         state = self.state
         state.billed_ticks += judged.billed_ticks
         state.tracked_ticks += judged.tracked_ticks
@@ -390,7 +410,7 @@ class Runner:
             self.emit(
                 Event("unit_done", "", {"unit": outcome.unit_id, "ticks": judged.billed_ticks})
             )
-        self._results.put_nowait((seq, outcome))
+        self._results_ready.set()
         if self.drift.due(state.processed):
             await self._check_drift()
 
@@ -427,63 +447,77 @@ class Runner:
     # -- writer -----------------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        closing = False
-        while not closing:
-            batch, closing = await self._gather_batch()
-            if batch:
-                await self._write(batch)
+        """Drains the spool into the store: a batch once `write_batch` results wait or
+        `write_interval_s` after the first, and everything when the run closes. Results are read
+        back from the spool, so a long store outage costs disk, not memory."""
+        try:
+            while True:
+                closing = await self._batch_ready()
+                await self._drain(until_empty=closing)
+                if closing:
+                    return
+        except KnrunError as exc:  # e.g. the store lost knrun's columns: not worth retrying
+            self.request_stop(f"writing: {exc}", exc.exit_code)
+        except Exception as exc:  # a bug: what was not written stays in the spool
+            self.request_stop(f"internal error while writing: {exc!r}", ExitCode.FAILURE)
 
-    async def _gather_batch(self) -> tuple[list[tuple[int, Outcome]], bool]:
-        """Up to `write_batch` results, waiting at most `write_interval_s` after the first."""
-        batch: list[tuple[int, Outcome]] = []
-        item = await self._results.get()
-        if item is None:
-            return batch, True
-        batch.append(item)
-        deadline = self._clock() + self.config.write_interval_s
-        while len(batch) < self.config.write_batch:
-            try:
-                item = await asyncio.wait_for(self._results.get(), deadline - self._clock())
-            except TimeoutError:
-                break
-            if item is None:
-                batch += self._drain_now()
-                return batch, True
-            batch.append(item)
-        return batch, False
+    async def _batch_ready(self) -> bool:
+        """Wait until a batch is worth sending; True once the run is closing."""
+        deadline: float | None = None
+        while not self._closing:
+            backlog = self.state.write_backlog
+            if backlog >= self.config.write_batch:
+                return False
+            timeout = None
+            if backlog > 0:
+                if deadline is None:
+                    deadline = self._clock() + self.config.write_interval_s
+                timeout = deadline - self._clock()
+                if timeout <= 0:
+                    return False
+            self._results_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._results_ready.wait(), timeout)
+        return True
 
-    def _drain_now(self) -> list[tuple[int, Outcome]]:
-        rest = []
-        while not self._results.empty():
-            item = self._results.get_nowait()
-            if item is not None:
-                rest.append(item)
-        return rest
+    async def _drain(self, *, until_empty: bool) -> None:
+        size = self.config.write_batch
+        while not self._give_up_writing():
+            batch: list[tuple[int, Outcome]] = [(0, o) for o in self._unspooled[:size]]
+            batch += await self.spool.pending(
+                self.job.name, self.job.version, limit=size - len(batch)
+            )
+            if not batch or not await self._write(batch):
+                return
+            if len(batch) < size and not until_empty:
+                return
 
-    async def _write(self, batch: list[tuple[int, Outcome]]) -> None:
+    async def _write(self, batch: list[tuple[int, Outcome]]) -> bool:
+        """Write one batch, retrying store trouble; False if the run gave up on writing."""
         delay = self.config.store_retry_base_s
-        for start in range(0, len(batch), self.config.write_batch):
-            chunk = batch[start : start + self.config.write_batch]
-            while not self._give_up_writing():
-                try:
-                    await self.store.write_results([outcome for _, outcome in chunk])
-                    await self.spool.mark_written([seq for seq, _ in chunk])
-                except D1Error as exc:
-                    if not exc.retryable:
-                        self.request_stop(f"the store refused writes: {exc}", ExitCode.FAILURE)
-                        self._abandon_writes = True
-                        return
-                    delay = await self._write_trouble(exc, delay)
-                    continue
-                except Exception as exc:
-                    delay = await self._write_trouble(exc, delay)
-                    continue
-                self.state.written += len(chunk)
-                self.state.write_backlog -= len(chunk)
-                self.emit(
-                    Event("written", f"{len(chunk)} results", {"backlog": self.state.write_backlog})
-                )
-                break
+        while not self._give_up_writing():
+            try:
+                await self.store.write_results([outcome for _, outcome in batch])
+            except D1Error as exc:
+                if not exc.retryable:
+                    self.request_stop(f"the store refused writes: {exc}", ExitCode.FAILURE)
+                    self._abandon_writes = True
+                    return False
+                delay = await self._write_trouble(exc, delay)
+                continue
+            except StoreError as exc:
+                delay = await self._write_trouble(exc, delay)
+                continue
+            await self.spool.forget([seq for seq, _ in batch if seq])
+            unspooled = sum(1 for seq, _ in batch if not seq)
+            del self._unspooled[:unspooled]
+            self.state.written += len(batch)
+            self.state.write_backlog -= len(batch)
+            self.emit(
+                Event("written", f"{len(batch)} results", {"backlog": self.state.write_backlog})
+            )
+            return True
+        return False
 
     def _give_up_writing(self) -> bool:
         """After a stop, the backlog gets `grace_s` to drain; what is left stays in the spool."""

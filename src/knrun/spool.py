@@ -2,9 +2,10 @@
 
 A SQLite file in WAL mode with `synchronous = FULL`, so a committed append survives a crash or a
 `kill -9`. Appends from many workers are committed together (group commit): while one commit is
-being synced, new appends gather for the next. Entries the store has not confirmed are replayed
-at the next start, so a store outage, or the process dying between paying and writing, loses
-nothing.
+being synced, new appends gather for the next. The writer reads pending entries back from here
+and deletes them once the store has them, so the spool holds only what is not yet in the store
+and memory does not grow with a backlog. Entries left by a run that died are written first at
+the next start: a store outage, or the process dying between paying and writing, loses nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 from knrun.errors import StoreError
@@ -28,7 +28,6 @@ CREATE TABLE IF NOT EXISTS spool (
     version TEXT NOT NULL,
     kind TEXT NOT NULL,
     payload TEXT NOT NULL,
-    written INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL
 )
 """
@@ -36,7 +35,8 @@ CREATE TABLE IF NOT EXISTS spool (
 
 def encode(outcome: Outcome) -> tuple[str, str]:
     kind = "result" if isinstance(outcome, UnitResult) else "failure"
-    return kind, json.dumps(asdict(outcome), ensure_ascii=False)
+    # vars(), not asdict(): the fields are flat, and asdict deep-copies on the hot path.
+    return kind, json.dumps(vars(outcome), ensure_ascii=False)
 
 
 def decode(kind: str, payload: str) -> Outcome:
@@ -54,7 +54,7 @@ class Spool:
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute(_SCHEMA)
             self._conn.execute(
-                "CREATE INDEX IF NOT EXISTS spool_unwritten ON spool (written, job, version)"
+                "CREATE INDEX IF NOT EXISTS spool_pending ON spool (job, version, seq)"
             )
         except sqlite3.Error as exc:
             raise StoreError(f"spool {path}: cannot open: {exc}") from None
@@ -109,25 +109,26 @@ class Spool:
         self.commits += 1
         return seqs
 
-    async def mark_written(self, seqs: Sequence[int]) -> None:
-        if seqs:
-            await self._run(
-                "UPDATE spool SET written = 1 WHERE seq IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(seqs)),),
-            )
-
-    async def unwritten(self, job: str, version: str) -> list[tuple[int, Outcome]]:
+    async def pending(
+        self, job: str, version: str, limit: int | None = None
+    ) -> list[tuple[int, Outcome]]:
+        """Entries not yet confirmed by the store, oldest first."""
+        if limit is not None and limit <= 0:
+            return []
         rows = await self._run(
-            "SELECT seq, kind, payload FROM spool WHERE written = 0 AND job = ? AND version = ? "
-            "ORDER BY seq",
-            (job, version),
+            "SELECT seq, kind, payload FROM spool WHERE job = ? AND version = ? ORDER BY seq "
+            "LIMIT ?",
+            (job, version, -1 if limit is None else limit),
         )
         return [(int(str(seq)), decode(str(kind), str(payload))) for seq, kind, payload in rows]
 
-    async def prune(self) -> int:
-        """Forget entries the store has confirmed."""
-        rows = await self._run("DELETE FROM spool WHERE written = 1 RETURNING seq", ())
-        return len(rows)
+    async def forget(self, seqs: Sequence[int]) -> None:
+        """The store has these: drop them."""
+        if seqs:
+            await self._run(
+                "DELETE FROM spool WHERE seq IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(seqs)),),
+            )
 
     async def _run(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         loop = asyncio.get_running_loop()
@@ -144,5 +145,14 @@ class Spool:
         if self._flusher is not None:
             await self._flusher
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._conn.close)
+        await loop.run_in_executor(self._executor, self._close_sync)
         self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        # Deleted entries leave free pages behind; give them back once nothing is pending, when
+        # it is cheap, so a big backlog does not keep its disk space forever.
+        try:
+            if self._conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 0:
+                self._conn.execute("VACUUM")
+        finally:
+            self._conn.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 from knrun.errors import ConfigError, StoreError
 from knrun.job import JobSpec
-from knrun.store.sql import RUNS_TABLE, Statement, UnitSql
+from knrun.store.sql import POSITION, RUNS_TABLE, Statement, UnitSql
 from knrun.store.types import Outcome, Progress, RunRecord, Unit, UnitFailure, UnitResult
 
 Rows = list[dict[str, Any]]
@@ -64,6 +64,13 @@ class SqlUnitStore(ABC):
                 "(load units first, e.g. `knrun db import FILE`)"
             )
         existing = {row["name"] for row in info}
+        try:
+            await self.execute([self.sql.has_rowid()], idempotent=True)
+        except StoreError:
+            raise ConfigError(
+                f"table {self.job.source.table!r} has no rowid (WITHOUT ROWID): knrun claims "
+                "units in rowid order and cannot use it"
+            ) from None
         missing_inputs = [c for c in self.sql.input_columns if c not in existing]
         if missing_inputs:
             raise ConfigError(
@@ -93,6 +100,7 @@ class SqlUnitStore(ABC):
         *,
         failed_only: bool = False,
         max_attempts: int = 0,
+        after: int = 0,
     ) -> list[Unit]:
         if n <= 0:
             return []
@@ -104,12 +112,18 @@ class SqlUnitStore(ABC):
             now + max(1, round(lease_s)),
             failed_only=failed_only,
             max_attempts=max_attempts,
+            after=after,
         )
         # Not idempotent: a repeated claim would lease a second page. A lost page is not lost
         # work: its lease expires, or the next start on this machine releases it.
         [rows] = await self.execute([statement], idempotent=False)
         id_column = self.job.source.id
-        return [Unit(id=row[id_column], inputs=row) for row in rows]
+        units = []
+        for row in rows:
+            position = int(row.pop(POSITION))
+            units.append(Unit(id=row[id_column], inputs=row, position=position))
+        units.sort(key=lambda unit: unit.position)  # RETURNING promises no order
+        return units
 
     def outcome_statements(self, outcomes: Sequence[Outcome]) -> list[Statement]:
         return [

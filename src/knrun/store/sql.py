@@ -18,6 +18,7 @@ from knrun.pricing import ticks_to_usd
 from knrun.store.types import RunRecord, UnitFailure, UnitResult
 
 RUNS_TABLE = "knrun_runs"
+POSITION = "knrun_position"  # the claimed row's rowid, as a claim returns it
 
 # Bookkeeping columns (without the job's prefix) and their SQL types.
 BOOKKEEPING_COLUMNS: dict[str, str] = {
@@ -139,19 +140,35 @@ class UnitSql:
         return Statement(f"SELECT COUNT(*) AS n FROM {self.table} WHERE {clause}", params)
 
     def claim(
-        self, n: int, owner: str, now: int, expires: int, *, failed_only: bool, max_attempts: int
+        self,
+        n: int,
+        owner: str,
+        now: int,
+        expires: int,
+        *,
+        failed_only: bool,
+        max_attempts: int,
+        after: int,
     ) -> Statement:
-        """One statement: lease up to n eligible, unleased units and return their inputs."""
+        """One statement: lease up to n eligible, unleased units after row `after`, in rowid
+        order, and return their inputs and rowids.
+
+        The rowid cursor makes each claim read about a page of rows: without it, every claim
+        scans past all the units already done, O(n^2) rows over a run (and D1 bills rows read).
+        """
         clause, params = self._retry_clause(max_attempts) if failed_only else self._resume_clause()
         owner_col, expires_col = self.col["lease_owner"], self.col["lease_expires"]
         returning = ", ".join(quote(column) for column in self.input_columns)
         sql = (
             f"UPDATE {self.table} SET {owner_col} = ?, {expires_col} = ? "
-            f"WHERE {self.id} IN (SELECT {self.id} FROM {self.table} WHERE {clause} "
-            f"AND ({owner_col} IS NULL OR {expires_col} <= ?) LIMIT ?) "
-            f"RETURNING {returning}"
+            f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE rowid > ? AND {clause} "
+            f"AND ({owner_col} IS NULL OR {expires_col} <= ?) ORDER BY rowid LIMIT ?) "
+            f"RETURNING rowid AS {POSITION}, {returning}"
         )
-        return Statement(sql, (owner, expires, *params, now, n))
+        return Statement(sql, (owner, expires, after, *params, now, n))
+
+    def has_rowid(self) -> Statement:
+        return Statement(f"SELECT rowid FROM {self.table} LIMIT 0")
 
     # -- writes -----------------------------------------------------------------------------------
 

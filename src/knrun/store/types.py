@@ -13,6 +13,7 @@ class Unit:
 
     id: Any
     inputs: dict[str, Any]
+    position: int = 0  # the row's rowid: where the next claim may start
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,11 @@ class UnitStore(Protocol):
         *,
         failed_only: bool = False,
         max_attempts: int = 0,
+        after: int = 0,
     ) -> list[Unit]:
-        """Lease up to `n` eligible units to `owner` in one statement and return them.
-        `failed_only` claims units that failed at this version instead (for retry)."""
+        """Lease up to `n` eligible units to `owner` in one statement and return them, in row
+        order, starting after row position `after`. `failed_only` claims units that failed at
+        this version instead (for retry)."""
         ...
 
     async def write_results(self, outcomes: Sequence[Outcome]) -> None:
