@@ -74,6 +74,14 @@ def test_500_units_with_2_percent_malformed_replies_finish_with_every_failure_re
     ]
     history = Path("checklist.md").read_text()
     assert f"| go {run['run_id']} | kn v1.6 | grok-4-1-fast-reasoning |" in history
+    log = [
+        json.loads(line)
+        for line in Path(f".knrun/runs/{run['run_id']}.jsonl").read_text().splitlines()
+    ]
+    kinds = [event["kind"] for event in log]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert kinds.count("unit_done") == figures["done"]
+    assert kinds.count("unit_failed") == malformed
 
 
 @pytest.mark.parametrize("status_code", [429, 403])

@@ -1,0 +1,57 @@
+"""What a person sees of a run: the live panel and the plain progress line show the figures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from rich.console import Console
+
+from knrun import awake
+from knrun.display.live import panel, progress_line
+from knrun.events import RunState
+
+USD = 10**10
+
+
+def state() -> RunState:
+    s = RunState(run_id="r1", total=1000, concurrency=50, estimate_ticks=2 * USD, cap_ticks=3 * USD)
+    s.done, s.failed = 400, 8
+    s.failed_by_reason = Counter({"invalid_json": 6, "truncated": 2})
+    s.billed_ticks, s.tracked_ticks = USD * 85 // 100, USD * 84 // 100
+    s.rate_limited, s.in_flight, s.queued, s.write_backlog, s.written = 3, 50, 20, 40, 368
+    s.started_at -= 60  # a minute in
+    return s
+
+
+def test_the_plain_line_carries_progress_rate_spend_and_pipeline() -> None:
+    line = progress_line(state())
+    assert line.startswith("408/1000 units (400 ok, 8 failed) · 408/min · eta 1m")
+    assert "spent $0.8500 / cap $3.00" in line
+    assert "429s 3 · in flight 50 · write backlog 40" in line
+
+
+def test_the_panel_shows_every_figure_an_operator_watches() -> None:
+    console = Console(width=120, record=True)
+    s = state()
+    s.stopping = "spend cap reached"
+    console.print(panel(s))
+    text = console.export_text()
+    for expected in ("408 / 1,000", "(400 ok, 8 failed)", "$0.8500 billed", "$0.8400 tracked",
+                     "estimate $2.00", "cap $3.00", "invalid_json 6, truncated 2",
+                     "20 queued · 50 in flight · 40 to write · 368 written",
+                     "stopping: spend cap reached"):  # fmt: skip
+        assert expected in text
+
+
+def test_keep_awake_runs_caffeinate_on_our_pid_on_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(awake.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(subprocess, "Popen", lambda args: started.append(args) or "process")
+    assert awake.keep_awake() == "process"
+    assert started == [["caffeinate", "-i", "-w", str(__import__("os").getpid())]]
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert awake.keep_awake() is None
