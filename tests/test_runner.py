@@ -39,9 +39,10 @@ async def run(
     import sqlite3
 
     path = tmp_path / "units.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    seed_units(conn, plain_units(units))
-    conn.close()
+    if units:
+        conn = sqlite3.connect(path, isolation_level=None)
+        seed_units(conn, plain_units(units))
+        conn.close()
     store = store or SqliteStore(job, path)
     await store.migrate()
     xai = XaiClient(
@@ -171,3 +172,60 @@ async def test_a_run_that_cannot_write_in_its_grace_period_leaves_results_in_the
     assert len(await spool.pending("kn", "1.6")) == 50
     await spool.close()
     await store.close()
+
+
+def identical_units(count: int) -> list[dict[str, Any]]:
+    unit = plain_units(1)[0]
+    return [{**unit, "id": n} for n in range(1, count + 1)]
+
+
+async def capped_run(tmp_path: Path, job: JobSpec, units: int) -> tuple[RunResult, int]:
+    """Ten workers, units that cost exactly `unit_cost` each, and a cap of 10.5 units. The
+    estimate is 0.6 of the real cost, so the cap's worst case (twice the estimate, then 1.25 x
+    the dearest unit seen) covers every unit, as it must for the cap to hold."""
+    import math
+    import sqlite3
+
+    from knrun.estimate import prompt_tokens
+
+    sim = XaiSimulator(
+        Scenario(
+            latency={"median_s": 0},
+            balance_usd=Decimal(100),
+            output={"visible_tokens_sd": 0, "reasoning_tokens_sd": 0},
+        )
+    )
+    rows = identical_units(units)
+    messages = job.render({k: rows[0][k] for k in ("id", *job.source.columns)})
+    prompt = sum(math.ceil(len(m["content"]) / 4) for m in messages)
+    unit_cost = prompt * 2000 + (900 + 2000) * 5000
+    path = tmp_path / "units.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    seed_units(conn, rows)
+    conn.close()
+    store = SqliteStore(job, path)
+    await store.migrate()
+    cap = unit_cost * 21 // 2
+    config = RunConfig(
+        concurrency=10, write_interval_s=0.05, cap_ticks=cap, estimate_unit_ticks=unit_cost * 3 // 5
+    )
+    result, _ = await run(tmp_path, job, sim, units=0, store=store, config=config)
+    await store.close()
+    assert prompt_tokens(messages) > 0
+    return result, cap
+
+
+async def test_a_cap_that_blocks_only_after_the_last_unit_is_not_a_cap_stop(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    result, cap = await capped_run(tmp_path, job, units=10)
+    assert result.exit_code == ExitCode.OK, result.reason
+    assert result.state.done == 10 and result.state.billed_ticks <= cap
+
+
+async def test_a_cap_that_leaves_units_behind_stops_with_exit_4(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    result, cap = await capped_run(tmp_path, job, units=12)
+    assert result.exit_code == ExitCode.SPEND_CAP and "spend cap reached" in result.reason
+    assert result.state.done == 10 and result.state.billed_ticks <= cap

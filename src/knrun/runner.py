@@ -225,6 +225,11 @@ class Runner:
             want = self._claim_size()
             if want is None:
                 return
+            if want == 0 and self._cap_blocks_everything():
+                if await self._nothing_left():
+                    return  # the cap stopped nothing: every eligible unit is done
+                self._stop_at_cap()
+                return
             if want == 0:  # the cap is full of committed units: wait for some to finish
                 await self._pause(0.05)
                 continue
@@ -268,17 +273,30 @@ class Runner:
             want = min(want, left)
         if self.cap is not None:
             committed = self.state.in_flight + self._queue.qsize()
-            allowed = self.cap.allowance(self.state.billed_ticks, committed)
-            if allowed == 0 and committed == 0:
-                self.request_stop(
-                    f"spend cap reached: spent {format_usd(self.state.billed_ticks)} of "
-                    f"{format_usd(self.cap.cap_ticks)}, and one more unit could cost up to "
-                    f"{format_usd(self.cap.worst_case_unit_ticks)}",
-                    ExitCode.SPEND_CAP,
-                )
-                return None
-            want = min(want, allowed)
+            want = min(want, self.cap.allowance(self.state.billed_ticks, committed))
         return want
+
+    def _cap_blocks_everything(self) -> bool:
+        """The cap allows no claim and nothing is in flight to free any of it."""
+        return self.cap is not None and self.state.in_flight + self._queue.qsize() == 0
+
+    async def _nothing_left(self) -> bool:
+        try:
+            if self.config.failed_only:
+                progress = await self.store.progress(self.config.max_attempts)
+                return progress.failed - progress.retry_exhausted == 0
+            return await self.store.count_remaining() == 0
+        except StoreError:
+            return False
+
+    def _stop_at_cap(self) -> None:
+        assert self.cap is not None
+        self.request_stop(
+            f"spend cap reached: spent {format_usd(self.state.billed_ticks)} of "
+            f"{format_usd(self.cap.cap_ticks)}, and one more unit could cost up to "
+            f"{format_usd(self.cap.worst_case_unit_ticks)}",
+            ExitCode.SPEND_CAP,
+        )
 
     async def _store_trouble(self, what: str, exc: Exception, delay: float) -> float:
         self.state.store_errors += 1
@@ -397,6 +415,10 @@ class Runner:
         state = self.state
         state.billed_ticks += judged.billed_ticks
         state.tracked_ticks += judged.tracked_ticks
+        if judged.input_tokens:
+            state.replies += 1
+            state.input_tokens += judged.input_tokens
+            state.output_tokens += judged.output_tokens
         state.write_backlog += 1
         if self.cap is not None and judged.billed_ticks:
             self.cap.observe(judged.billed_ticks)
