@@ -54,7 +54,7 @@ def test_check_fails_naming_the_model_and_both_prices_when_the_file_is_66x_low(
     set_price(fresh_pricing, "grok-4-1-fast-reasoning", "output", "0.0758")
     code, out, err = knrun("pricing", "check")
     assert code == 2
-    expected = "grok-4-1-fast-reasoning output: pricing.toml says $0.0758/M, live $0.5/M (6.6x)"
+    expected = "grok-4-1-fast-reasoning output: pricing.toml says $0.0758/M, live $0.50/M (6.6x)"
     assert f"FAIL: {expected}" in out
     assert "knrun pricing sync" in err
 

@@ -39,10 +39,17 @@ def test_the_panel_shows_every_figure_an_operator_watches() -> None:
     s.stopping = "spend cap reached"
     console.print(panel(s))
     text = console.export_text()
-    for expected in ("408 / 1,000", "(400 ok, 8 failed)", "$0.8500 billed", "$0.8400 tracked",
-                     "estimate $2.00", "cap $3.00", "invalid_json 6, truncated 2",
-                     "20 queued · 50 in flight · 40 to write · 368 written",
-                     "stopping: spend cap reached"):  # fmt: skip
+    for expected in (
+        "408 / 1,000",
+        "(400 ok, 8 failed)",
+        "$0.8500 billed",
+        "$0.8400 tracked",
+        "estimate $2.00",
+        "cap $3.00",
+        "invalid_json 6, truncated 2",
+        "20 queued · 50 in flight · 40 to write · 368 written",
+        "stopping: spend cap reached",
+    ):
         assert expected in text
 
 

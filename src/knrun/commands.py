@@ -16,6 +16,7 @@ from knrun.errors import ConfigError, ExitCode, KnrunError
 from knrun.events import Event, EventSink
 from knrun.launch import Launch, Launched, launch
 from knrun.lock import new_run_id
+from knrun.preflight import CanaryFigures
 from knrun.pricing import ModelPrice, format_usd, usd_to_ticks
 from knrun.receipt import Receipt
 from knrun.runlog import CHECKLIST, EventLog, append_history
@@ -133,3 +134,39 @@ class RunStopped(KnrunError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = ExitCode(exit_code)
+
+
+async def run_canary(
+    ctx: Context, price: ModelPrice, units: int, estimate_unit_ticks: int, concurrency: int
+) -> CanaryFigures:
+    """Preflight's canary: `units` real units through the real pipeline, results kept. Quiet on
+    screen; logged and recorded like any run. Capped at ten times its estimate."""
+    run_id = new_run_id()
+    log = EventLog(STATE_DIR / "runs" / f"{run_id}.jsonl")
+    config = RunConfig(
+        concurrency=max(1, min(units, concurrency)),
+        max_units=units,
+        cap_ticks=10 * units * max(estimate_unit_ticks, 1),
+        estimate_unit_ticks=estimate_unit_ticks,
+        drift_every=10**9,  # preflight judges the canary's figures itself
+    )
+    try:
+        launched = await launch(
+            ctx, Launch(kind="canary", price=price, config=config, events=log, run_id=run_id)
+        )
+    finally:
+        log.close()
+    append_history(launched.record, price)
+    state = launched.result.state
+    replies = max(state.replies, 1)
+    return CanaryFigures(
+        run_id=run_id,
+        units=state.processed,
+        valid=state.done,
+        billed_ticks=state.billed_ticks,
+        tracked_ticks=state.tracked_ticks,
+        input_tokens=state.input_tokens / replies,
+        output_tokens=state.output_tokens / replies,
+        exit_code=launched.result.exit_code,
+        reason=launched.result.reason,
+    )

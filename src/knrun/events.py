@@ -46,6 +46,9 @@ class RunState:
     failed_by_reason: Counter[str] = field(default_factory=Counter)
     billed_ticks: int = 0  # the provider's cost_in_usd_ticks, summed
     tracked_ticks: int = 0  # pricing.toml x usage, summed
+    replies: int = 0  # units that got a reply (and so token counts)
+    input_tokens: int = 0  # summed over replies
+    output_tokens: int = 0
     rate_limited: int = 0  # 429s seen
     in_flight: int = 0
     queued: int = 0

@@ -124,8 +124,9 @@ class Prompt(_Strict):
 class Estimate(_Strict):
     # Output tokens per unit (visible + reasoning) until the job has its own history in the store.
     output_tokens: int = Field(default=2000, gt=0)
-    # Finished units needed before the store's averages replace `output_tokens`.
-    min_history: int = Field(default=20, gt=0)
+    # Finished units needed before the store's averages replace `output_tokens`. 10 = one
+    # canary: after a canary, the next preflight estimates from real replies.
+    min_history: int = Field(default=10, gt=0)
 
 
 class JobSpec(_Strict):

@@ -32,6 +32,8 @@ class Judged:
     outcome: Outcome
     tracked_ticks: int  # pricing.toml x usage
     billed_ticks: int  # cost_in_usd_ticks (tracked, when the provider sent none)
+    input_tokens: int = 0  # from the reply's usage; 0 when there was no reply
+    output_tokens: int = 0
 
 
 def judge(
@@ -59,7 +61,7 @@ def judge(
             processed_at=utc_now(),
             run_id=run_id,
         )
-    return Judged(outcome, tracked, billed)
+    return Judged(outcome, tracked, billed, usage.prompt_tokens, usage.output_tokens)
 
 
 def failure(unit: Unit, reason: str, detail: str, *, run_id: str, owner: str) -> UnitFailure:

@@ -15,7 +15,7 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import Table
 
-from knrun.pricing import ModelPrice, PricingTable
+from knrun.pricing import ModelPrice, PricingTable, format_price
 from knrun.xai import LiveModel, find_live
 
 TOLERANCE = Decimal("0.01")  # 1%
@@ -95,8 +95,8 @@ def check_prices(
             if not ok:
                 ratio = f" ({live_value / file_value:.1f}x)" if file_value else ""
                 result.problems.append(
-                    f"{name} {kind}: {pricing.path} says ${file_value}/M, "
-                    f"live ${live_value}/M{ratio}"
+                    f"{name} {kind}: {pricing.path} says ${format_price(file_value)}/M, "
+                    f"live ${format_price(live_value)}/M{ratio}"
                 )
         age = (today - price.verified_at).days
         if age > max_age_days:

@@ -39,6 +39,11 @@ def format_usd(ticks: int, places: int = 4) -> str:
     return f"-${-value:,}" if value < 0 else f"${value:,}"
 
 
+def format_price(usd_per_m: Decimal) -> str:
+    """A per-million price with at least two decimals, more only when it has them: 0.50, 0.0758."""
+    return f"{usd_per_m:.2f}" if usd_per_m == round(usd_per_m, 2) else f"{usd_per_m.normalize()}"
+
+
 def usd_per_m_from_live(cents_per_100m_tokens: int) -> Decimal:
     """The live list's unit (USD cents per 100M tokens, i.e. ticks per token) as USD per 1M."""
     return Decimal(cents_per_100m_tokens) / TICKS_PER_TOKEN_PER_USD_PER_M

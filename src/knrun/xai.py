@@ -7,6 +7,7 @@ differently; they are decided by the message first and the status second, becaus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -340,6 +341,25 @@ class XaiClient:
         except (KeyError, TypeError, ValueError):
             raise BadResponse("xAI prepaid balance: no total.val in the reply") from None
         return -cents * TICKS_PER_CENT
+
+    async def spending_limit_ticks(self, team_id: str) -> int | None:
+        """The team's monthly spending limit past prepaid credit, if any.
+
+        The reply's shape comes from community clients, not xAI's docs:
+        {"spendingLimits": {"effectiveSl": {"val": "<cents>"}, "effectiveHardSl": {...}}}.
+        Read defensively; None when absent."""
+        if self._management is None:
+            raise AuthFailed("XAI_MANAGEMENT_KEY is not set: spending limits cannot be read")
+        path = f"/v1/billing/teams/{team_id}/postpaid/spending-limits"
+        data = await self._request(self._management, "GET", path)
+        limits = data.get("spendingLimits") if isinstance(data, dict) else None
+        values = []
+        for key in ("effectiveHardSl", "effectiveSl"):
+            entry = limits.get(key) if isinstance(limits, dict) else None
+            if isinstance(entry, dict):
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    values.append(int(str(entry["val"])))
+        return max(values) * TICKS_PER_CENT if values else None
 
     # -- plumbing ---------------------------------------------------------------------------------
 

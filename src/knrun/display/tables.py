@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from knrun.display.console import out
 from knrun.pricecheck import PriceCheck, SyncResult
-from knrun.pricing import PricingTable
+from knrun.pricing import PricingTable, format_price
 
 
 def show_status(report: dict[str, Any]) -> None:
@@ -46,11 +45,6 @@ def show_status(report: dict[str, Any]) -> None:
     out.print(table)
 
 
-def price_text(usd_per_m: Decimal) -> str:
-    """At least two decimals, more only when the price has them: 0.50, 0.0758, 2.00."""
-    return f"{usd_per_m:.2f}" if usd_per_m == round(usd_per_m, 2) else f"{usd_per_m.normalize()}"
-
-
 def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> None:
     table = Table(
         title=f"{pricing.path}: USD per million tokens (* = the job's model)",
@@ -67,7 +61,7 @@ def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> N
         table.add_row(
             f"* {name}" if name == highlight else f"  {name}",
             *(
-                "—" if value is None else price_text(value)
+                "—" if value is None else format_price(value)
                 for value in (
                     price.input,
                     price.cached_input,
@@ -91,8 +85,8 @@ def show_price_check(result: PriceCheck) -> None:
         table.add_column(name, justify="right" if name in ("pricing.toml", "live") else "left")
     for row in result.rows:
         verdict = "[green]ok[/]" if row.ok else "[bold red]DIFFERS[/]"
-        live = "—" if row.live is None else price_text(row.live)
-        table.add_row(row.model, row.kind, price_text(row.file), live, verdict)
+        live = "—" if row.live is None else format_price(row.live)
+        table.add_row(row.model, row.kind, format_price(row.file), live, verdict)
     out.print(table)
     for line in result.notes:
         out.print(f"  note: {line}", markup=False, style="dim")

@@ -88,6 +88,10 @@ class SqlUnitStore(ABC):
 
     # -- units ------------------------------------------------------------------------------------
 
+    async def sample_remaining(self, limit: int) -> list[dict[str, Any]]:
+        [rows] = await self.execute([self.sql.sample_remaining(limit)], idempotent=True)
+        return rows
+
     async def count_remaining(self) -> int:
         [rows] = await self.execute([self.sql.count_remaining()], idempotent=True)
         return int(rows[0]["n"])

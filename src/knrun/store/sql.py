@@ -135,6 +135,15 @@ class UnitSql:
             params += (max_attempts,)
         return clause, params
 
+    def sample_remaining(self, limit: int) -> Statement:
+        """Inputs of up to `limit` remaining units, a random sample when there are more."""
+        clause, params = self._resume_clause()
+        columns = ", ".join(quote(column) for column in self.input_columns)
+        return Statement(
+            f"SELECT {columns} FROM {self.table} WHERE {clause} ORDER BY random() LIMIT ?",
+            (*params, limit),
+        )
+
     def count_remaining(self) -> Statement:
         clause, params = self._resume_clause()
         return Statement(f"SELECT COUNT(*) AS n FROM {self.table} WHERE {clause}", params)
