@@ -191,6 +191,7 @@ def _write_prices(
 
 
 def write_atomically(path: Path, text: str) -> None:
+    path = path.resolve()  # through a symlink to its target, rather than replacing the link
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
