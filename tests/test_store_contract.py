@@ -296,3 +296,30 @@ async def test_a_without_rowid_table_is_refused_at_migrate(backend: Backend) -> 
     store = backend.open()
     with pytest.raises(ConfigError, match="WITHOUT ROWID"):
         await store.migrate()
+
+
+async def test_migrate_adds_columns_an_older_runs_table_lacks(backend: Backend) -> None:
+    backend.seed(plain_units(1))
+    backend.conn.execute(
+        "CREATE TABLE knrun_runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, job TEXT NOT NULL, "
+        "version TEXT NOT NULL, model TEXT NOT NULL, prompt_hash TEXT, host TEXT, "
+        "started_at TEXT NOT NULL, ended_at TEXT, state TEXT NOT NULL, exit_code INTEGER, "
+        "exit_reason TEXT, units_ok INTEGER NOT NULL DEFAULT 0, units_failed INTEGER NOT NULL "
+        "DEFAULT 0, tracked_ticks INTEGER NOT NULL DEFAULT 0, billed_ticks INTEGER NOT NULL "
+        "DEFAULT 0, estimate_ticks INTEGER, detail TEXT)"
+    )
+    store = backend.open()
+    assert "knrun_runs.updated_at" in await store.migrate()
+    run = RunRecord(
+        run_id="r",
+        kind="go",
+        job="kn",
+        version=VERSION,
+        model="m",
+        prompt_hash="h",
+        host="x",
+        started_at="2026-11-22T00:00:00Z",
+        updated_at="2026-11-22T00:01:00Z",
+    )
+    await store.record_run(run)
+    assert (await store.runs())[0].updated_at == "2026-11-22T00:01:00Z"

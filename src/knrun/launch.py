@@ -91,6 +91,7 @@ async def _launch(
         prompt_hash=job.prompt_hash,
         host=socket.gethostname(),
         started_at=utc_now(),
+        updated_at=utc_now(),
         estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
         detail={
             "prices_usd_per_m": {
@@ -168,6 +169,7 @@ async def _balance_reader(ctx: Context, xai: XaiClient, events: EventSink) -> Ba
 
 def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) -> None:
     state = runner.state
+    record.updated_at = utc_now()
     record.units_ok = state.done
     record.units_failed = state.failed
     record.tracked_ticks = state.tracked_ticks

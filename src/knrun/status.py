@@ -6,11 +6,14 @@ documented interface (README), so add keys rather than rename them.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
-from knrun.store.types import Progress
+from knrun.store.types import Progress, RunRecord
+
+LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence past this = dead
 
 
 def usd(ticks: int) -> str:
@@ -18,8 +21,53 @@ def usd(ticks: int) -> str:
     return str(ticks_to_usd(ticks).normalize()) if ticks else "0"
 
 
-def status_report(job: JobSpec, store: str, progress: Progress) -> dict[str, Any]:
+def _when(stamp: str | None) -> datetime | None:
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
+def run_summary(run: RunRecord, now: datetime) -> dict[str, Any]:
+    started, ended = _when(run.started_at), _when(run.ended_at) or _when(run.updated_at)
+    units = run.units_ok + run.units_failed
+    minutes = (ended - started).total_seconds() / 60 if started and ended else 0.0
+    updated = _when(run.updated_at)
+    alive = (
+        run.state == "running"
+        and updated is not None
+        and (now - updated).total_seconds() <= LIVE_WITHIN_S
+    )
+    return {
+        "run_id": run.run_id,
+        "kind": run.kind,
+        "state": "running" if alive else ("stale" if run.state == "running" else run.state),
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "updated_at": run.updated_at,
+        "units_ok": run.units_ok,
+        "units_failed": run.units_failed,
+        "billed_usd": usd(run.billed_ticks),
+        "exit_code": run.exit_code,
+        "exit_reason": run.exit_reason,
+        "rate_per_min": round(units / minutes, 1) if minutes > 0 and units else None,
+    }
+
+
+def status_report(
+    job: JobSpec,
+    store: str,
+    progress: Progress,
+    runs: list[RunRecord] | None = None,
+    *,
+    now: datetime | None = None,
+    max_attempts: int = 0,
+) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
     per_unit = progress.done_cost_ticks // progress.done if progress.done else None
+    summaries = [run_summary(run, now) for run in runs or [] if run.version == job.version]
+    working = [s for s in summaries if s["kind"] in ("go", "retry", "canary")]
+    current = [s for s in working if s["state"] in ("running", "stale")]
+    last = next((s for s in working if s["rate_per_min"]), None)
+    rate = last["rate_per_min"] if last else None
+    eta = round(progress.remaining / rate, 1) if rate and progress.remaining else None
     return {
         "job": job.name,
         "version": job.version,
@@ -31,6 +79,7 @@ def status_report(job: JobSpec, store: str, progress: Progress) -> dict[str, Any
         "remaining": progress.remaining,
         "leased": progress.leased,
         "retry_exhausted": progress.retry_exhausted,
+        "max_attempts": max_attempts,
         "failed_by_reason": progress.failed_by_reason,
         "spent_usd": usd(progress.spent_billed_ticks),
         "spent_ticks": progress.spent_billed_ticks,
@@ -40,6 +89,10 @@ def status_report(job: JobSpec, store: str, progress: Progress) -> dict[str, Any
         "avg_input_tokens": _rounded(progress.avg_input_tokens),
         "avg_output_tokens": _rounded(progress.avg_output_tokens),
         "last_processed_at": progress.last_processed_at,
+        "current_runs": current,
+        "last_run": last,
+        "rate_per_min": rate,
+        "eta_minutes": eta,
     }
 
 

@@ -26,7 +26,11 @@ def show_status(report: dict[str, Any]) -> None:
     table.add_row("done", f"{report['done']:,}", share.strip())
     table.add_row("failed", f"{report['failed']:,}", reasons)
     if report.get("retry_exhausted"):
-        table.add_row("retry exhausted", f"{report['retry_exhausted']:,}", "over --max-attempts")
+        table.add_row(
+            "retry exhausted",
+            f"{report['retry_exhausted']:,}",
+            f"failed {report['max_attempts']}+ times: retry leaves them alone",
+        )
     table.add_row("remaining", f"{report['remaining']:,}", f"leased now: {report['leased']:,}")
     table.add_row(
         "spent", f"${report['spent_usd']}", f"billed by runs; tracked ${report['tracked_usd']}"
@@ -36,9 +40,25 @@ def show_status(report: dict[str, Any]) -> None:
         "cost of done", f"${report['done_cost_usd']}", f"${per_unit}/unit" if per_unit else ""
     )
     table.add_row("last processed", report["last_processed_at"] or "never", "")
-    for key, label in (("eta", "eta"), ("rate_per_min", "last rate")):
-        if report.get(key) is not None:
-            table.add_row(label, str(report[key]), "")
+    if report.get("rate_per_min"):
+        eta = report["eta_minutes"]
+        table.add_row("rate", f"{report['rate_per_min']:,}/min", "of the last run")
+        table.add_row("eta", f"{eta:,} min" if eta is not None else "—", "at that rate")
+    for run in report.get("current_runs", []):
+        note = "no update for a minute: killed?" if run["state"] == "stale" else "running"
+        table.add_row(
+            f"{run['kind']} run",
+            run["run_id"],
+            f"{note}; {run['units_ok']} ok, {run['units_failed']} failed, "
+            f"${run['billed_usd']} billed; updated {run['updated_at']}",
+        )
+    last = report.get("last_run")
+    if last and last["state"] not in ("running", "stale"):
+        table.add_row(
+            "last run",
+            last["run_id"],
+            f"{last['kind']}: exit {last['exit_code']} ({last['exit_reason']})",
+        )
     out.print(
         f"[bold]{report['job']}[/] v{report['version']} · {report['model']} · {report['store']}"
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from knrun.errors import ConfigError, StoreError
 from knrun.job import JobSpec
-from knrun.store.sql import POSITION, RUNS_TABLE, Statement, UnitSql
+from knrun.store.sql import POSITION, RUN_COLUMNS, RUNS_TABLE, Statement, UnitSql
 from knrun.store.types import Outcome, Progress, RunRecord, Unit, UnitFailure, UnitResult
 
 Rows = list[dict[str, Any]]
@@ -57,7 +57,9 @@ class SqlUnitStore(ABC):
     # -- schema -----------------------------------------------------------------------------------
 
     async def migrate(self) -> list[str]:
-        [info] = await self.execute([self.sql.table_info()], idempotent=True)
+        info, runs_info = await self.execute(
+            [self.sql.table_info(), self.sql.runs_table_info()], idempotent=True
+        )
         if not info:
             raise ConfigError(
                 f"table {self.job.source.table!r} does not exist in the store "
@@ -81,6 +83,12 @@ class SqlUnitStore(ABC):
         added = [name for name in wanted if name not in existing]
         statements = [self.sql.add_column(name, wanted[name]) for name in added]
         statements.append(self.sql.create_runs_table())
+        if runs_info:  # a runs table from an older knrun: add what it lacks
+            have = {row["name"] for row in runs_info}
+            for name in RUN_COLUMNS:
+                if name not in have:
+                    statements.append(self.sql.add_run_column(name))
+                    added.append(f"{RUNS_TABLE}.{name}")
         # Not idempotent as a request (ADD COLUMN twice fails), so a backend never repeats it; a
         # second `migrate` reads the schema again and adds nothing.
         await self.execute(statements, idempotent=False)
@@ -90,6 +98,10 @@ class SqlUnitStore(ABC):
 
     async def sample_remaining(self, limit: int) -> list[dict[str, Any]]:
         [rows] = await self.execute([self.sql.sample_remaining(limit)], idempotent=True)
+        return rows
+
+    async def exhausted(self, max_attempts: int, limit: int = 20) -> list[dict[str, Any]]:
+        [rows] = await self.execute([self.sql.exhausted(max_attempts, limit)], idempotent=True)
         return rows
 
     async def count_remaining(self) -> int:

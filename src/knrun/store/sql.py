@@ -38,26 +38,29 @@ BOOKKEEPING_COLUMNS: dict[str, str] = {
     "lease_expires": "INTEGER",  # unix seconds
 }
 
-_RUN_COLUMNS = (
-    "run_id",
-    "kind",
-    "job",
-    "version",
-    "model",
-    "prompt_hash",
-    "host",
-    "started_at",
-    "ended_at",
-    "state",
-    "exit_code",
-    "exit_reason",
-    "units_ok",
-    "units_failed",
-    "tracked_ticks",
-    "billed_ticks",
-    "estimate_ticks",
-    "detail",
-)
+# The runs table's columns and their definitions; `detail` (JSON) stays last.
+RUN_COLUMNS: dict[str, str] = {
+    "run_id": "TEXT PRIMARY KEY",
+    "kind": "TEXT NOT NULL",
+    "job": "TEXT NOT NULL",
+    "version": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "prompt_hash": "TEXT",
+    "host": "TEXT",
+    "started_at": "TEXT NOT NULL",
+    "ended_at": "TEXT",
+    "updated_at": "TEXT",  # refreshed while the run lives: a stale one was killed
+    "state": "TEXT NOT NULL",
+    "exit_code": "INTEGER",
+    "exit_reason": "TEXT",
+    "units_ok": "INTEGER NOT NULL DEFAULT 0",
+    "units_failed": "INTEGER NOT NULL DEFAULT 0",
+    "tracked_ticks": "INTEGER NOT NULL DEFAULT 0",
+    "billed_ticks": "INTEGER NOT NULL DEFAULT 0",
+    "estimate_ticks": "INTEGER",
+    "detail": "TEXT",
+}
+_RUN_COLUMNS = tuple(RUN_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -101,15 +104,18 @@ class UnitSql:
 
     @staticmethod
     def create_runs_table() -> Statement:
-        return Statement(
-            f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} ("
-            "run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, job TEXT NOT NULL, "
-            "version TEXT NOT NULL, model TEXT NOT NULL, prompt_hash TEXT, host TEXT, "
-            "started_at TEXT NOT NULL, ended_at TEXT, state TEXT NOT NULL, exit_code INTEGER, "
-            "exit_reason TEXT, units_ok INTEGER NOT NULL DEFAULT 0, "
-            "units_failed INTEGER NOT NULL DEFAULT 0, tracked_ticks INTEGER NOT NULL DEFAULT 0, "
-            "billed_ticks INTEGER NOT NULL DEFAULT 0, estimate_ticks INTEGER, detail TEXT)"
-        )
+        columns = ", ".join(f"{name} {definition}" for name, definition in RUN_COLUMNS.items())
+        return Statement(f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} ({columns})")
+
+    @staticmethod
+    def runs_table_info() -> Statement:
+        return Statement(f"PRAGMA table_info({RUNS_TABLE})")
+
+    @staticmethod
+    def add_run_column(name: str) -> Statement:
+        # Columns added later cannot be NOT NULL without a default: add them plain.
+        definition = RUN_COLUMNS[name].replace(" NOT NULL", "").replace(" PRIMARY KEY", "")
+        return Statement(f"ALTER TABLE {RUNS_TABLE} ADD COLUMN {name} {definition}")
 
     # -- eligibility ------------------------------------------------------------------------------
 
@@ -306,6 +312,17 @@ class UnitSql:
             f"WHERE ({self.job.source.where}) AND {self._not_done()} AND {c['status_version']} = ? "
             f"AND {c['status']} = 'failed' GROUP BY reason ORDER BY n DESC",
             (self.version, self.version),
+        )
+
+    def exhausted(self, max_attempts: int, limit: int) -> Statement:
+        """Units failed at this version `max_attempts` times or more: retry leaves them alone."""
+        c = self.col
+        return Statement(
+            f"SELECT {self.id} AS unit_id, {c['attempts']} AS attempts, {c['error']} AS error "
+            f"FROM {self.table} WHERE ({self.job.source.where}) AND {self._not_done()} "
+            f"AND {c['status_version']} = ? AND {c['status']} = 'failed' "
+            f"AND COALESCE({c['attempts']}, 0) >= ? ORDER BY rowid LIMIT ?",
+            (self.version, self.version, max_attempts, limit),
         )
 
     def spent(self) -> Statement:

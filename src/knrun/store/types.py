@@ -82,6 +82,7 @@ class RunRecord:
     host: str
     started_at: str
     ended_at: str | None = None
+    updated_at: str | None = None
     state: str = "running"  # running | finished
     exit_code: int | None = None
     exit_reason: str | None = None
