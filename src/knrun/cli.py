@@ -14,10 +14,13 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from knrun import __version__
+from knrun import demo as demo_run
 from knrun.commands import (
     RunCommand,
     RunStopped,
     approved_left,
+    exhausted_units,
+    history_unit_ticks,
     outcome_message,
     parse_usd,
     run_canary,
@@ -40,6 +43,11 @@ from knrun.pricecheck import MAX_AGE_DAYS, check_prices, sync_prices, write_atom
 from knrun.receipt import describe as receipt_describe
 from knrun.receipt import load_valid_receipt
 from knrun.runner import RunConfig
+from knrun.sim.combined import Simulators
+from knrun.sim.d1 import D1Simulator
+from knrun.sim.scenario import load_scenario
+from knrun.sim.server import serve_forever
+from knrun.sim.xai import XaiSimulator
 from knrun.status import status_report
 
 P = ParamSpec("P")
@@ -155,6 +163,76 @@ def db_import(
     )
 
 
+# -- demo and simulators ---------------------------------------------------------------------------
+
+sim_app = typer.Typer(
+    help="The simulators of xAI, its Management API and D1.", no_args_is_help=True
+)
+app.add_typer(sim_app, name="sim")
+
+
+@app.command("demo")
+@guarded
+def demo(
+    scenario: Annotated[
+        str, typer.Option(help="normal | incident | credits | flaky: which guard to watch fire.")
+    ] = "normal",
+    units: Annotated[int, typer.Option(min=20, help="Synthetic units to generate.")] = 300,
+    store: Annotated[str, typer.Option(help="d1 (REST, simulated) or sqlite.")] = "d1",
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="An empty folder to work in. Default: a new temporary one.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Rehearse the whole pipeline offline: simulated xAI and D1, synthetic units, then the real
+    db migrate, pricing sync, preflight and go. No keys, no network, under a minute."""
+    plan = demo_run.Plan(scenario=scenario, units=units, store=store, folder=folder)
+    code = demo_run.run(plan, _invoke, console.note)
+    if code:
+        raise typer.Exit(code)
+
+
+def _invoke(args: list[str]) -> int:
+    """Run one knrun command in this process, as if typed: the demo's way to use the real CLI."""
+    result = typer.main.get_command(app).main(args=args, prog_name="knrun", standalone_mode=False)
+    return result if isinstance(result, int) else 0
+
+
+@sim_app.command("serve")
+@guarded
+def sim_serve(
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8787,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            help="Scenario TOML (models, prices, balance, latency, faults).", show_default=False
+        ),
+    ] = None,
+    d1_database: Annotated[
+        Path, typer.Option("--d1-database", help="SQLite file behind the D1 simulator.")
+    ] = Path("sim-d1.sqlite"),
+) -> None:
+    """Serve the simulators on one loopback port until Ctrl-C, and print the settings that point
+    knrun (or any client) at them."""
+    simulators = Simulators(
+        XaiSimulator(load_scenario(scenario) if scenario else None), D1Simulator(d1_database)
+    )
+    origin = f"http://{host}:{port}"
+    console.note(
+        f"simulators on {origin}: xAI at /v1, its Management API at /v1/billing, "
+        f"D1 at /client/v4 (database {d1_database}). Settings for knrun:"
+    )
+    for key, value in simulators.env(origin).items():
+        console.note(f"{key}={value}")
+    console.note("KNRUN_STORE=d1\n(Ctrl-C to stop)")
+    serve_forever(simulators, host, port)
+
+
 # -- status and pricing ---------------------------------------------------------------------------
 
 
@@ -163,16 +241,30 @@ def db_import(
 def status(
     job: JobOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for dashboards.")] = False,
+    max_attempts: Annotated[
+        int,
+        typer.Option("--max-attempts", min=1, help="Count units failed this often as exhausted."),
+    ] = 3,
 ) -> None:
-    """Progress of the job's current version: done, failed by reason, remaining, spent."""
+    """Progress of the job's current version: done, failed by reason, retry-exhausted,
+    remaining, leases, spent, last processed, current runs, ETA from the last run's rate."""
     ctx = load_context(job)
 
     async def read() -> dict[str, Any]:
         store = ctx.open_store()
         try:
-            return status_report(ctx.job, ctx.target.describe(), await store.progress())
+            progress = await store.progress(max_attempts=max_attempts)
+            runs = await store.runs(limit=20)
         finally:
             await store.close()
+        return status_report(
+            ctx.job,
+            ctx.target.describe(),
+            progress,
+            runs,
+            now=datetime.now(UTC),
+            max_attempts=max_attempts,
+        )
 
     report = run_async(read())
     if as_json:
@@ -368,6 +460,71 @@ def go(
         estimate_unit_ticks=receipt.estimate_unit_ticks,
     )
     finish(run_async(run_command(RunCommand("go", ctx, price, config, live=console.is_terminal()))))
+
+
+@app.command("retry")
+@guarded
+def retry(
+    job: JobOption = None,
+    pricing: PricingOption = None,
+    max_units: Annotated[
+        int, typer.Option("--max-units", min=1, help="Units per retry run.")
+    ] = 500,
+    max_spend: Annotated[
+        str, typer.Option("--max-spend", help="Spend cap in USD for this retry run.")
+    ] = "2",
+    max_attempts: Annotated[
+        int,
+        typer.Option("--max-attempts", min=1, help="Leave a unit alone after this many failures."),
+    ] = 3,
+    concurrency: ConcurrencyOption = 10,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            "--balance",
+            help="Prepaid credit in USD when there is no management key.",
+            show_default=False,
+        ),
+    ] = None,
+    max_consecutive_429: Max429Option = 50,
+) -> None:
+    """Re-run units that failed at this version, for cron: its own light preflight (model
+    current, prices true, balance covers the cap), a lock against overlapping runs, plain log
+    lines, the documented exit codes."""
+    ctx = load_context(job)
+    table = load_pricing_for(pricing)
+    cap = parse_usd(max_spend, "--max-spend")
+    assert cap is not None
+    options = Options(attested_balance_ticks=parse_usd(balance, "--balance"))
+    checks = Preflight(ctx, table, options, checklist.show_step, _no_canary)
+    outcome = run_async(checks.for_retry(cap))
+    if outcome.exit_code != ExitCode.OK:
+        failed = next(step for step in outcome.steps if not step.ok)
+        raise RunStopped(f"retry checks failed at {failed.title}: nothing run", outcome.exit_code)
+    price = table.price_for(ctx.job.model)
+    config = RunConfig(
+        concurrency=concurrency,
+        max_consecutive_429=max_consecutive_429,
+        cap_ticks=cap,
+        estimate_unit_ticks=run_async(history_unit_ticks(ctx, price)),
+        failed_only=True,
+        max_attempts=max_attempts,
+        max_units=max_units,
+    )
+    launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))
+    exhausted = run_async(exhausted_units(ctx, max_attempts))
+    if exhausted:
+        console.warn(
+            f"{len(exhausted)}{'+' if len(exhausted) == 20 else ''} units have failed "
+            f"{max_attempts} times and are no longer retried: "
+            + ", ".join(f"{row['unit_id']} ({row['error']})" for row in exhausted[:5])
+            + (" ..." if len(exhausted) > 5 else "")
+        )
+    finish(launched)
+
+
+async def _no_canary(_units: int, _unit_ticks: int) -> CanaryFigures:
+    raise AssertionError("retry runs no canary")  # pragma: no cover
 
 
 def finish(launched: Launched) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from knrun.awake import keep_awake
 from knrun.context import STATE_DIR, Context
@@ -34,6 +35,28 @@ def parse_usd(value: str | None, option: str) -> int | None:
     if not amount.is_finite() or amount <= 0:
         raise ConfigError(f"{option}: must be a positive amount in USD")
     return usd_to_ticks(amount)
+
+
+async def history_unit_ticks(ctx: Context, price: ModelPrice) -> int | None:
+    """A unit's cost from this job's finished units, for retry's spend cap and drift check.
+    None without history: the cap then learns from the dearest unit seen, and the per-unit
+    drift check, which would compare against a guess, is skipped."""
+    store = ctx.open_store()
+    try:
+        progress = await store.progress()
+    finally:
+        await store.close()
+    if not progress.done or progress.avg_input_tokens is None or progress.avg_output_tokens is None:
+        return None
+    return price.estimate_ticks(round(progress.avg_input_tokens), round(progress.avg_output_tokens))
+
+
+async def exhausted_units(ctx: Context, max_attempts: int) -> list[dict[str, Any]]:
+    store = ctx.open_store()
+    try:
+        return await store.exhausted(max_attempts)
+    finally:
+        await store.close()
 
 
 async def approved_left(ctx: Context, receipt: Receipt) -> int:

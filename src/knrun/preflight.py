@@ -106,6 +106,24 @@ class Preflight:
             await xai.aclose()
             await store.close()
 
+    async def for_retry(self, cap_ticks: int) -> Outcome:
+        """`knrun retry`'s checks: model current, prices true, and a balance that covers the
+        retry's own spend cap (no estimate beyond the cap, no canary, no receipt)."""
+        xai = xai_client(self.ctx.settings, max_connections=2)
+        try:
+            live = await xai.language_models()
+            if not self._step(self._model_current(find_live(live, self.job.model))):
+                return self._failed()
+            if not self._step(self._prices_true(live)):
+                return self._failed()
+            balance, source, warnings = await self._balance(xai)
+            step = self._balance_step(cap_ticks, balance, source, warnings, margin=Decimal(1))
+            if not self._step(step):
+                return self._failed()
+            return Outcome(self.steps)
+        finally:
+            await xai.aclose()
+
     async def _run(self, store: SqlUnitStore, xai: XaiClient) -> Outcome:
         live = await xai.language_models()
         live_model = find_live(live, self.job.model)
@@ -291,12 +309,18 @@ class Preflight:
         warnings: list[str],
         *,
         again: bool = False,
+        margin: Decimal = MARGIN,
     ) -> Step:
         title = "balance (re-estimated)" if again else "balance"
         number = 5 if again else 4
-        need = math.ceil(total * MARGIN) + self.options.overshoot_ticks
+        need = math.ceil(total * margin) + self.options.overshoot_ticks
+        what = (
+            f"estimate {format_usd(total, 2)} x {margin}"
+            if margin != 1
+            else (f"spend cap {format_usd(total, 2)}")
+        )
         rule = (
-            f"needs {format_usd(need, 2)} = estimate {format_usd(total, 2)} x 1.15 + "
+            f"needs {format_usd(need, 2)} = {what} + "
             f"{format_usd(self.options.overshoot_ticks, 2)} overshoot allowance"
         )
         if source == "missing":

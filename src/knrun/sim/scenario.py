@@ -69,6 +69,14 @@ class Faults(_Data):
     retry_after_s: float | None = Field(default=1.0, ge=0)  # sent with rate-limit 429s
 
 
+class OtherSpender(_Data):
+    """Someone else on the same team (another script, a colleague's run): after
+    `after_requests` chat requests, they have spent all but `leaves_usd` of the prepaid credit."""
+
+    after_requests: int = Field(ge=0)
+    leaves_usd: Decimal = Field(ge=0)
+
+
 def default_models() -> list[SimModel]:
     """Today's models as the simulator's live list, plus a retired one still being served."""
     fast = {"input": Decimal("0.20"), "cached_input": Decimal("0.05"), "output": Decimal("0.50")}
@@ -106,6 +114,7 @@ class Scenario(_Data):
     latency: Latency = Latency()
     output: Output = Output()
     faults: Faults = Faults()
+    other_spender: OtherSpender | None = None
     seed: int = 7
 
     def model(self, name: str) -> SimModel | None:

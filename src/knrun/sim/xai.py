@@ -187,6 +187,10 @@ class XaiSimulator:
     async def _chat(self, request: Request) -> Response:
         self.stats.chat_requests += 1
         self.stats.arrivals.append(self._clock())
+        spender = self.scenario.other_spender
+        if spender is not None and self.stats.chat_requests == spender.after_requests:
+            left = int(spender.leaves_usd * 100) * TICKS_PER_CENT
+            self.balance_ticks = min(self.balance_ticks, left)
         try:
             body = request.json()
             messages = body["messages"]

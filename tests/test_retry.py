@@ -1,0 +1,123 @@
+"""`knrun retry` for cron: failed units are re-run, exhausted ones are reported, two retries never
+overlap, and its own checks refuse to spend on stale prices."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import prepare_units, refresh_pricing_dates
+from knrun.cli import app
+from knrun.sim.xai import XaiSimulator
+
+
+def knrun(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def fail_units(count: int, attempts: int = 1) -> None:
+    conn = sqlite3.connect("knrun.sqlite")
+    conn.execute(
+        "UPDATE units SET kn_status = 'failed', kn_status_version = '1.6', "
+        "kn_error = 'invalid_json: Expecting value', kn_attempts = ? WHERE id IN "
+        f"(SELECT id FROM units WHERE status = 'Current' AND restricted_access = 0 "
+        f"ORDER BY id LIMIT {count})",
+        (attempts,),
+    )
+    conn.commit()
+    conn.close()
+
+
+def failed_rows() -> list[tuple[int, int]]:
+    conn = sqlite3.connect("knrun.sqlite")
+    try:
+        return conn.execute(
+            "SELECT id, kn_attempts FROM units WHERE kn_status = 'failed' ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def failures(project: Path, xai_server: XaiSimulator) -> XaiSimulator:
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 100)
+    fail_units(30)
+    return xai_server
+
+
+def test_retry_re_runs_failed_units_only_and_needs_no_receipt(failures: XaiSimulator) -> None:
+    code, out, err = knrun("retry")
+    assert code == 0, err
+    assert re.search(r"1 model current\s+PASS", out) and re.search(r"4 balance\s+PASS", out)
+    assert "needs $7.00 = spend cap $2.00 + $5.00 overshoot" in out
+    assert "30 units eligible" in out
+    assert failed_rows() == [] and failures.stats.paid_requests == 30  # nothing else was touched
+    figures = __import__("json").loads(knrun("status", "--json")[1])
+    assert figures["done"] == 30 and figures["remaining"] > 0  # never-run units stay for go
+
+
+def test_units_failing_max_attempts_times_are_left_alone_and_reported(
+    failures: XaiSimulator,
+) -> None:
+    fail_units(5, attempts=3)  # five of the thirty have failed three times already
+    failures.force("malformed_json", 1000)  # and everything fails again
+    code, out, err = knrun("retry", "--max-attempts", "3")
+    assert code == 0, err
+    assert "25 units eligible" in out
+    assert re.search(
+        r"5 units have failed 3 times and are no longer retried: 1 \(invalid_json", err
+    )
+    assert all(attempts >= 2 for _, attempts in failed_rows())
+    figures = __import__("json").loads(knrun("status", "--json", "--max-attempts", "2")[1])
+    assert figures["retry_exhausted"] == 30
+
+
+def test_retry_refuses_stale_prices_without_spending(failures: XaiSimulator) -> None:
+    pricing = Path("pricing.toml")
+    pricing.write_text(
+        re.sub(r"verified_at = \S+", "verified_at = 2026-04-02", pricing.read_text())
+    )
+    code, _out, err = knrun("retry")
+    assert code == 2 and "retry checks failed at prices true: nothing run" in err
+    assert failures.stats.chat_requests == 0
+
+
+def test_two_retries_started_at_once_one_runs_the_other_exits_saying_who_holds_the_lock(
+    failures: XaiSimulator,
+) -> None:
+    failures.scenario.latency.time_scale = 0.1  # half-second calls: the winner runs a while
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "knrun", "retry", "--concurrency", "5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    ended: dict[int, float] = {}
+    while len(ended) < 2:
+        for index, process in enumerate(processes):
+            if index not in ended and process.poll() is not None:
+                ended[index] = time.monotonic() - started
+        assert time.monotonic() - started < 60
+        time.sleep(0.02)
+    outputs = [process.communicate() for process in processes]
+    codes = [process.returncode for process in processes]
+    assert sorted(codes) == [0, 2]
+    loser, winner = (codes.index(2), codes.index(0))
+    assert "a knrun run already holds .knrun/run.lock" in outputs[loser][1]
+    assert '"command": "knrun retry"' in outputs[loser][1]
+    assert ended[loser] < ended[winner]  # it did not wait for the lock: it left at once
+    assert failed_rows() == []
+    assert failures.stats.paid_requests == 30  # no unit was paid for twice
