@@ -32,9 +32,16 @@ def receipt() -> dict[str, Any]:
 
 @pytest.fixture
 def ready(project: Path, xai_server: XaiSimulator) -> XaiSimulator:
-    """300 units imported, prices verified today, the simulator answering; no receipt yet."""
+    """300 units imported, prices verified today, the simulator answering; no receipt yet.
+
+    A steady model: ten canary units then predict a run well enough for its cap and drift
+    checks. With the simulator's default spread (about 19% per unit), a 10-unit estimate is
+    sometimes over 15% low, and `go` then stops at the cap near the end, as it should (see the
+    README's limitations); these tests are about preflight, not that."""
     refresh_pricing_dates(project / "pricing.toml")
     prepare_units(project, 300)
+    xai_server.scenario.output.visible_tokens_sd = 50
+    xai_server.scenario.output.reasoning_tokens_sd = 100
     return xai_server
 
 
@@ -44,11 +51,6 @@ def set_job_model(model: str) -> None:
 
 
 def test_a_good_preflight_passes_every_step_and_go_runs_on_its_receipt(ready: XaiSimulator) -> None:
-    # A steady model: ten canary units then predict the run well enough for its cap and drift
-    # checks. (With the simulator's default spread, a 10-unit estimate is sometimes off by over
-    # 15%, and go then stops at the cap or the drift alarm, as it should.)
-    ready.scenario.output.visible_tokens_sd = 50
-    ready.scenario.output.reasoning_tokens_sd = 100
     code, out, err = knrun("preflight")
     assert code == 0, err
     for step in (
