@@ -26,7 +26,7 @@ from knrun.commands import (
     run_canary,
     run_command,
 )
-from knrun.config import load_settings
+from knrun.config import Settings, load_settings
 from knrun.context import (
     STATE_DIR,
     fetch_live_models,
@@ -37,9 +37,11 @@ from knrun.context import (
 from knrun.display import checklist, console, tables
 from knrun.errors import ConfigError, ExitCode, KnrunError
 from knrun.importer import import_units
+from knrun.job import JobSpec
 from knrun.launch import Launched
 from knrun.preflight import CanaryFigures, Options, Preflight
 from knrun.pricecheck import MAX_AGE_DAYS, check_prices, sync_prices, write_atomically
+from knrun.pricing import PricingTable
 from knrun.receipt import describe as receipt_describe
 from knrun.receipt import load_valid_receipt
 from knrun.runner import RunConfig
@@ -49,6 +51,7 @@ from knrun.sim.scenario import load_scenario
 from knrun.sim.server import serve_forever
 from knrun.sim.xai import XaiSimulator
 from knrun.status import status_report
+from knrun.xai import LiveModel
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -295,10 +298,7 @@ def pricing_check(
 ) -> None:
     """Compare pricing.toml with xAI's live prices; fails on any difference over 1%, a stale
     verified_at, or a job model that is retired or not on the live list."""
-    settings = load_settings()
-    table = load_pricing_for(pricing)
-    spec = optional_job(job, settings)
-    live = run_async(fetch_live_models(settings))
+    _, table, spec, live = _against_live(job, pricing)
     result = check_prices(
         table,
         live,
@@ -326,10 +326,7 @@ def pricing_sync(
 ) -> None:
     """Write xAI's live prices and today's date into pricing.toml, keeping comments and other
     models, and show the diff."""
-    settings = load_settings()
-    table = load_pricing_for(pricing)
-    spec = optional_job(job, settings)
-    live = run_async(fetch_live_models(settings))
+    settings, table, spec, live = _against_live(job, pricing)
     result = sync_prices(
         table,
         live,
@@ -534,6 +531,15 @@ def finish(launched: Launched) -> None:
         console.note(text)
         return
     raise RunStopped(text, code)
+
+
+def _against_live(
+    job: Path | None, pricing: Path | None
+) -> tuple[Settings, PricingTable, JobSpec | None, list[LiveModel]]:
+    """What `pricing check` and `sync` both start from: the file, the job if any, the live list."""
+    settings = load_settings()
+    table = load_pricing_for(pricing)
+    return settings, table, optional_job(job, settings), run_async(fetch_live_models(settings))
 
 
 def today() -> date:

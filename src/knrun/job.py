@@ -6,7 +6,6 @@ import hashlib
 import json
 import re
 import string
-import tomllib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from knrun.errors import ConfigError
+from knrun.tomlfile import problems, read_toml
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SQL_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
@@ -217,18 +217,11 @@ class JobSpec(_Strict):
 
 def load_job(path: Path) -> JobSpec:
     """Read and validate a job file; every problem is reported as `file: field: problem`."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "job file")
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(path, exc)) from None
+        raise problems(path, exc) from None
 
 
 def find_job_path(explicit: Path | None, from_env: str | None, prompts_dir: Path) -> Path:
@@ -246,14 +239,3 @@ def find_job_path(explicit: Path | None, from_env: str | None, prompts_dir: Path
         )
     names = ", ".join(str(candidate) for candidate in candidates)
     raise ConfigError(f"several job files ({names}): pick one with --job or KNRUN_JOB")
-
-
-def _describe_validation_error(path: Path, exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (a typo?)"
-        problems.append(f"{path}: {where}: {message}")
-    return "; ".join(problems)

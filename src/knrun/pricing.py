@@ -8,7 +8,6 @@ usage's cost is exact integer arithmetic, the same way the provider's `cost_in_u
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -18,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knrun.errors import ConfigError
+from knrun.tomlfile import problems, read_toml
 
 TICKS_PER_USD = 10**10
 TICKS_PER_TOKEN_PER_USD_PER_M = 10**10 // 10**6  # $1 per 1M tokens = 10,000 ticks per token
@@ -169,21 +169,12 @@ class PricingTable:
 
 
 def load_pricing(path: Path) -> PricingTable:
-    try:
-        # parse_float=Decimal: 0.2 stays exactly 0.2, never a binary float.
-        data = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pricing file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    # parse_float=Decimal: 0.2 stays exactly 0.2, never a binary float.
+    data = read_toml(path, "pricing file", parse_float=Decimal)
     try:
         parsed = _PricingFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        raise problems(path, exc) from None
     models = {
         name: ModelPrice(model=name, **entry.model_dump()) for name, entry in parsed.models.items()
     }

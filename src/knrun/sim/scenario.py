@@ -6,13 +6,12 @@ the demo and a person at a terminal can all describe the world they want to rehe
 
 from __future__ import annotations
 
-import tomllib
 from decimal import Decimal
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from knrun.errors import ConfigError
+from knrun.tomlfile import problems, read_toml
 
 
 class _Data(BaseModel):
@@ -122,13 +121,8 @@ class Scenario(_Data):
 
 
 def load_scenario(path: Path) -> Scenario:
+    data = read_toml(path, "scenario file", parse_float=Decimal)
     try:
-        text = path.read_text(encoding="utf-8")
-        return Scenario.model_validate(tomllib.loads(text, parse_float=Decimal))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: scenario file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return Scenario.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise problems(path, exc) from None
