@@ -207,7 +207,11 @@ async def capped_run(tmp_path: Path, job: JobSpec, units: int) -> tuple[RunResul
     await store.migrate()
     cap = unit_cost * 21 // 2
     config = RunConfig(
-        concurrency=10, write_interval_s=0.05, cap_ticks=cap, estimate_unit_ticks=unit_cost * 3 // 5
+        # The default 2 s write interval: the last results are still on their way to the store
+        # when the cap blocks the next claim, which must not count them as units left.
+        concurrency=10,
+        cap_ticks=cap,
+        estimate_unit_ticks=unit_cost * 3 // 5,
     )
     result, _ = await run(tmp_path, job, sim, units=0, store=store, config=config)
     await store.close()

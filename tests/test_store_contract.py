@@ -323,3 +323,14 @@ async def test_migrate_adds_columns_an_older_runs_table_lacks(backend: Backend) 
     )
     await store.record_run(run)
     assert (await store.runs())[0].updated_at == "2026-11-22T00:01:00Z"
+
+
+async def test_units_with_zero_and_negative_integer_ids_are_claimed(backend: Backend) -> None:
+    # With an INTEGER PRIMARY KEY the id is the rowid, and ids may be 0 or negative.
+    rows = plain_units(3)
+    for row, unit_id in zip(rows, (-1, 0, 1), strict=True):
+        row["id"] = unit_id
+    store = await migrated(backend, rows)
+    assert await store.count_remaining() == 3
+    assert sorted(u.id for u in await store.claim(10, "me", 600)) == [-1, 0, 1]
+    assert await store.count_claimable() == 0

@@ -215,7 +215,10 @@ class Runner:
     async def _claim_until_done(self) -> None:
         delay = self.config.store_retry_base_s
         low_water = self.config.concurrency // 2
-        cursor = 0  # rowid after which the next claim starts; one wrap to 0 at the end
+        # Claims go in rowid order from where the last one ended. At the end of the table a go
+        # run looks once more from the start (for leases given back meanwhile); a retry run
+        # does not, or one night could spend several of a unit's attempts.
+        cursor: int | None = None
         while not self.stopping:
             while self._queue.qsize() > low_water and not self.stopping:
                 self._room.clear()
@@ -253,9 +256,9 @@ class Runner:
                 continue
             delay = self.config.store_retry_base_s
             if not page:
-                if cursor == 0:
-                    return  # nothing eligible is left anywhere
-                cursor = 0  # past the end: look once more from the start (released leases)
+                if cursor is None or self.config.failed_only:
+                    return  # nothing eligible is left
+                cursor = None  # past the end: look once more from the start
                 continue
             cursor = page[-1].position
             self._claimed += len(page)
@@ -281,13 +284,15 @@ class Runner:
         return self.cap is not None and self.state.in_flight + self._queue.qsize() == 0
 
     async def _nothing_left(self) -> bool:
+        """No unit could be claimed now anyway (those whose results are still on their way to
+        the store hold this run's lease, so they do not count)."""
         try:
-            if self.config.failed_only:
-                progress = await self.store.progress(self.config.max_attempts)
-                return progress.failed - progress.retry_exhausted == 0
-            return await self.store.count_remaining() == 0
+            claimable = await self.store.count_claimable(
+                failed_only=self.config.failed_only, max_attempts=self.config.max_attempts
+            )
         except StoreError:
             return False
+        return claimable == 0
 
     def _stop_at_cap(self) -> None:
         assert self.cap is not None

@@ -104,6 +104,13 @@ class SqlUnitStore(ABC):
         [rows] = await self.execute([self.sql.exhausted(max_attempts, limit)], idempotent=True)
         return rows
 
+    async def count_claimable(self, *, failed_only: bool = False, max_attempts: int = 0) -> int:
+        statement = self.sql.count_claimable(
+            int(self._clock()), failed_only=failed_only, max_attempts=max_attempts
+        )
+        [rows] = await self.execute([statement], idempotent=True)
+        return int(rows[0]["n"])
+
     async def count_remaining(self) -> int:
         [rows] = await self.execute([self.sql.count_remaining()], idempotent=True)
         return int(rows[0]["n"])
@@ -116,7 +123,7 @@ class SqlUnitStore(ABC):
         *,
         failed_only: bool = False,
         max_attempts: int = 0,
-        after: int = 0,
+        after: int | None = None,
     ) -> list[Unit]:
         if n <= 0:
             return []

@@ -163,7 +163,7 @@ class UnitSql:
         *,
         failed_only: bool,
         max_attempts: int,
-        after: int,
+        after: int | None,
     ) -> Statement:
         """One statement: lease up to n eligible, unleased units after row `after`, in rowid
         order, and return their inputs and rowids.
@@ -176,11 +176,23 @@ class UnitSql:
         returning = ", ".join(quote(column) for column in self.input_columns)
         sql = (
             f"UPDATE {self.table} SET {owner_col} = ?, {expires_col} = ? "
-            f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE rowid > ? AND {clause} "
+            f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE (? IS NULL OR rowid > ?) "
+            f"AND {clause} "
             f"AND ({owner_col} IS NULL OR {expires_col} <= ?) ORDER BY rowid LIMIT ?) "
             f"RETURNING rowid AS {POSITION}, {returning}"
         )
-        return Statement(sql, (owner, expires, after, *params, now, n))
+        return Statement(sql, (owner, expires, after, after, *params, now, n))
+
+    def count_claimable(self, now: int, *, failed_only: bool, max_attempts: int) -> Statement:
+        """Units a claim could take now: eligible and not leased. (A unit whose result is still
+        on its way to the store is leased by its run, so it does not count.)"""
+        clause, params = self._retry_clause(max_attempts) if failed_only else self._resume_clause()
+        owner_col, expires_col = self.col["lease_owner"], self.col["lease_expires"]
+        return Statement(
+            f"SELECT COUNT(*) AS n FROM {self.table} WHERE {clause} "
+            f"AND ({owner_col} IS NULL OR {expires_col} <= ?)",
+            (*params, now),
+        )
 
     def has_rowid(self) -> Statement:
         return Statement(f"SELECT rowid FROM {self.table} LIMIT 0")

@@ -112,11 +112,11 @@ class UnitStore(Protocol):
         *,
         failed_only: bool = False,
         max_attempts: int = 0,
-        after: int = 0,
+        after: int | None = None,
     ) -> list[Unit]:
         """Lease up to `n` eligible units to `owner` in one statement and return them, in row
-        order, starting after row position `after`. `failed_only` claims units that failed at
-        this version instead (for retry)."""
+        order, starting after row position `after` (from the first row when None).
+        `failed_only` claims units that failed at this version instead (for retry)."""
         ...
 
     async def write_results(self, outcomes: Sequence[Outcome]) -> None:
