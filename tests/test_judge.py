@@ -83,3 +83,10 @@ def test_unusable_replies_become_failures_that_still_count_their_cost(
     assert isinstance(outcome, UnitFailure)
     assert outcome.reason == reason and detail in outcome.detail
     assert outcome.owner == "me" and judged.billed_ticks == 18_500_000
+
+
+def test_a_reasoning_model_stopped_by_the_token_cap_with_no_content_is_truncated(
+    job: JobSpec,
+) -> None:
+    outcome = run(job, reply(None, finish="length")).outcome
+    assert isinstance(outcome, UnitFailure) and outcome.reason == judge.TRUNCATED

@@ -203,3 +203,31 @@ def test_nothing_left_to_run_needs_no_receipt(ready: XaiSimulator) -> None:
     RECEIPT.unlink()
     code, out, _ = knrun("preflight")
     assert code == 0 and "nothing to run" in out and not RECEIPT.exists()
+
+
+def test_step_2_judges_only_the_jobs_model_not_one_whose_name_merely_starts_the_same(
+    ready: XaiSimulator,
+) -> None:
+    # "grok-4-1-fast-reasoning-x" is stale, but the job runs "grok-4-1-fast-reasoning".
+    ready.scenario.models.append(
+        SimModel(
+            id="grok-4-1-fast-reasoning-x",
+            input=Decimal("1"),
+            cached_input=Decimal("1"),
+            output=Decimal("1"),
+        )
+    )
+    pricing = Path("pricing.toml")
+    pricing.write_text(
+        pricing.read_text().replace(
+            "[retired]",
+            (
+                '[models."grok-4-1-fast-reasoning-x"]\ninput = 1\ncached_input = 1\noutput = 1\n'
+                'source = "x"\nverified_at = 2026-01-01\n\n[retired]'
+            ),
+        )
+    )
+    code, out, _ = knrun("preflight")
+    assert code == 0
+    assert re.search(r"2 prices true\s+PASS", out)
+    assert "warning: other model: grok-4-1-fast-reasoning-x: verified_at 2026-01-01" in out

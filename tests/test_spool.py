@@ -61,3 +61,62 @@ async def test_entries_the_store_confirmed_are_forgotten_the_rest_survive_a_rest
     reopened = Spool(tmp_path / "spool.sqlite")
     assert [seq for seq, _ in await reopened.pending("kn", "1.6")] == [seqs[2]]
     await reopened.close()
+
+
+class PickyStore:
+    """Refuses, outright, any batch holding unit 2; once refuses everything as 'passing'."""
+
+    def __init__(self) -> None:
+        self.written: list[object] = []
+        self.outage = False
+
+    async def write_results(self, outcomes: list[UnitResult]) -> None:
+        from knrun.errors import StoreError, StoreRefused
+
+        if self.outage:
+            raise StoreError("D1 HTTP 503: unavailable")
+        if any(o.unit_id == 2 for o in outcomes):
+            raise StoreRefused("CHECK constraint failed: kn_overview")
+        self.written += [o.unit_id for o in outcomes]
+
+
+async def test_an_entry_the_store_refuses_is_quarantined_and_the_rest_are_written(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool.sqlite")
+    for i in (1, 2, 3):
+        await spool.append(result(i), job="kn", version="1.6")
+    store = PickyStore()
+    delivery = await spool.deliver(store, await spool.pending("kn", "1.6"))  # type: ignore[arg-type]
+    assert store.written == [1, 3] and delivery.written == 2
+    assert delivery.quarantined == ["2: CHECK constraint failed: kn_overview"]
+    assert await spool.pending("kn", "1.6") == [] and await spool.quarantined() == 1
+    await spool.close()
+
+
+async def test_trouble_that_may_pass_is_raised_and_nothing_is_forgotten(tmp_path: Path) -> None:
+    from knrun.errors import StoreError
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    await spool.append(result(1), job="kn", version="1.6")
+    store = PickyStore()
+    store.outage = True
+    with pytest.raises(StoreError, match="503"):
+        await spool.deliver(store, await spool.pending("kn", "1.6"))  # type: ignore[arg-type]
+    assert len(await spool.pending("kn", "1.6")) == 1
+    await spool.close()
+
+
+async def test_an_entry_this_knrun_cannot_read_is_moved_aside_not_blocking(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite")
+    await spool.append(result(1), job="kn", version="1.6")
+    conn = sqlite3.connect(tmp_path / "spool.sqlite")
+    conn.execute(
+        "INSERT INTO spool (job, version, kind, payload, created_at) "
+        "VALUES ('kn', '1.6', 'result', '{\"old_field\": 1}', 0)"
+    )
+    conn.commit()
+    conn.close()
+    assert [o.unit_id for _, o in await spool.pending("kn", "1.6")] == [1]
+    assert await spool.quarantined() == 1
+    await spool.close()

@@ -115,3 +115,11 @@ def test_status_json_is_valid_with_the_documented_fields(project: Path) -> None:
     }
     assert set(report) == documented
     assert report["remaining"] == report["total"] > 0 and report["max_attempts"] == 3
+
+
+def test_money_in_json_is_a_plain_decimal_string_never_an_exponent() -> None:
+    from knrun.status import usd
+
+    assert (
+        usd(10 * 10**10) == "10" and usd(200 * 10**10) == "200" and usd(17_264_000) == "0.0017264"
+    )

@@ -72,3 +72,14 @@ def test_two_processes_claiming_from_one_file_share_without_duplicates(
 def test_a_missing_folder_is_a_config_error(tmp_path: Path, job: JobSpec) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         SqliteStore(job, tmp_path / "nope" / "units.sqlite")
+
+
+def test_sqlite_errors_are_classified_as_passing_or_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from knrun.store.sqlite import classify
+
+    assert classify(tmp_path, sqlite3.OperationalError("database is locked")).retryable
+    assert classify(tmp_path, sqlite3.OperationalError("disk I/O error")).retryable
+    assert not classify(tmp_path, sqlite3.IntegrityError("CHECK constraint failed")).retryable
+    assert not classify(tmp_path, sqlite3.OperationalError("no such column: x")).retryable

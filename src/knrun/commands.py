@@ -1,4 +1,4 @@
-"""The run commands' bodies (`go`, and later `retry` and the canary), between the CLI's argument
+"""The run commands' bodies (`go`, `retry` and preflight's canary), between the CLI's argument
 parsing and `launch`: build the run's configuration, wire display, log and signals, record."""
 
 from __future__ import annotations

@@ -37,9 +37,15 @@ class InputError(KnrunError):
 
 
 class StoreError(KnrunError):
-    """The unit store refused or failed a request."""
+    """The unit store refused or failed a request. `retryable`: the same request may succeed
+    later (a lock, an outage); otherwise the store refused it outright (bad SQL, a constraint)."""
 
     exit_code = ExitCode.FAILURE
+    retryable = True
+
+
+class StoreRefused(StoreError):
+    retryable = False
 
 
 class NotAuthorised(KnrunError):

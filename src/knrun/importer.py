@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from knrun.errors import InputError, StoreError
-from knrun.job import JobSpec
+from knrun.job import IDENTIFIER, JobSpec
 from knrun.store.sql import quote
 from knrun.store.sqlite import connect
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _INTEGER = re.compile(r"^-?\d{1,18}$")
 _REAL = re.compile(r"^-?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 
@@ -92,7 +91,7 @@ def _validate(source: Path, kind: str, job: JobSpec) -> dict[str, str]:
     for number, row in _rows(source, kind):
         where = f"{source}:{number}"
         for name, value in row.items():
-            if not _IDENTIFIER.match(name):
+            if not IDENTIFIER.match(name):
                 raise InputError(f"{where}: column {name!r} is not a plain SQL identifier")
             if job.source.prefix and name.startswith(job.source.prefix):
                 raise InputError(f"{where}: column {name!r} uses knrun's prefix; rename it")

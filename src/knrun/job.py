@@ -24,13 +24,13 @@ from pydantic import (
 from knrun.errors import ConfigError
 from knrun.tomlfile import problems, read_toml
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SQL_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
 
 
 def _sql_identifier(value: str) -> str:
     # Identifiers are interpolated into SQL text (always double-quoted), so only plain names pass.
-    if not _IDENTIFIER.match(value):
+    if not IDENTIFIER.match(value):
         raise ValueError(f"{value!r} is not a plain SQL identifier (letters, digits, _)")
     return value
 

@@ -77,10 +77,10 @@ def failure(unit: Unit, reason: str, detail: str, *, run_id: str, owner: str) ->
 
 def _parse(reply: ChatReply, job: JobSpec) -> BaseModel | tuple[str, str]:
     """The validated reply, or (reason, detail) saying why it is not usable."""
+    if reply.finish_reason == "length":  # first: a reasoning model can stop with no content
+        return TRUNCATED, f"output stopped at max_output_tokens ({job.max_output_tokens})"
     if reply.refusal or reply.content is None:
         return REFUSAL, reply.refusal or "the reply had no content"
-    if reply.finish_reason == "length":
-        return TRUNCATED, f"output stopped at max_output_tokens ({job.max_output_tokens})"
     try:
         return job.output_model.model_validate_json(reply.content)
     except ValidationError as exc:

@@ -47,13 +47,14 @@ async def launch(ctx: Context, request: Launch) -> Launched:
     lock = RunLock(STATE_DIR)
     lock.acquire(f"knrun {request.kind}")
     try:
-        store = ctx.open_store()
-        spool = Spool(STATE_DIR / "spool.sqlite")
+        # The client first: it checks the key, and nothing is open yet if that fails.
         xai = xai_client(
             ctx.settings,
             max_connections=request.config.concurrency,
             transport=request.xai_transport,
         )
+        store = ctx.open_store()
+        spool = Spool(STATE_DIR / "spool.sqlite")
         try:
             return await _launch(ctx, request, store, spool, xai)
         finally:
@@ -68,7 +69,7 @@ async def _launch(
     ctx: Context, request: Launch, store: SqlUnitStore, spool: Spool, xai: XaiClient
 ) -> Launched:
     job = ctx.job
-    replayed = await replay_spool(store, spool, ctx)
+    replayed = await replay_spool(store, spool, ctx, request.events)
     if replayed:
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
     here = machine_id(STATE_DIR)
@@ -135,14 +136,15 @@ async def _launch(
     return Launched(result, record, replayed)
 
 
-async def replay_spool(store: SqlUnitStore, spool: Spool, ctx: Context) -> int:
+async def replay_spool(store: SqlUnitStore, spool: Spool, ctx: Context, events: EventSink) -> int:
     """Write results an earlier run paid for but never got into the store. Before any lease is
     given back: a failure is recorded only while its run's lease still stands."""
     replayed = 0
     while batch := await spool.pending(ctx.job.name, ctx.job.version, limit=50):
-        await store.write_results([outcome for _, outcome in batch])
-        await spool.forget([seq for seq, _ in batch])
-        replayed += len(batch)
+        delivery = await spool.deliver(store, batch)
+        replayed += delivery.written
+        for what in delivery.quarantined:
+            events(Event("quarantined", f"the store refused a result outright: {what}"))
     return replayed
 
 
@@ -152,7 +154,7 @@ async def _balance_reader(ctx: Context, xai: XaiClient, events: EventSink) -> Ba
     if not xai.has_management_key:
         return None
     try:
-        team = ctx.settings.xai_team_id or (await xai.api_key_info()).team_id
+        team = await xai.team(ctx.settings.xai_team_id)
     except XaiError as exc:
         events(Event("balance_unavailable", str(exc)))
         return None
@@ -182,6 +184,8 @@ def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) ->
         record.exit_code = int(result.exit_code)
         record.exit_reason = result.reason
         record.detail["unwritten"] = result.unwritten
+        record.detail["quarantined"] = runner.quarantined
+        record.detail["lost"] = runner.lost
 
 
 async def _keep_record(

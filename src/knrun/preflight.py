@@ -58,10 +58,6 @@ class Outcome:
     receipt: Receipt | None = None
     exit_code: ExitCode = ExitCode.OK
 
-    @property
-    def passed(self) -> bool:
-        return self.receipt is not None
-
 
 Report = Callable[[Step], None]
 Canary = Callable[[int, int], Awaitable["CanaryFigures"]]  # (units, estimated ticks per unit)
@@ -218,15 +214,16 @@ class Preflight:
             today=today,
             max_age_days=self.options.max_age_days,
         )
-        mine = [p for p in check.problems if p.startswith((self.job.model, "job model"))]
+        price = self._price()
+        names = {self.job.model, price.model}  # the job may name an alias of the priced id
+        mine = check.problems_for(names)
         others = [p for p in check.problems if p not in mine]
-        rows = [r for r in check.rows if r.model == self.job.model]
+        rows = [r for r in check.rows if r.model in names]
         figures = ", ".join(
             f"{r.kind} ${format_price(r.file)} (live ${format_price(r.live)})"
             for r in rows
             if r.live is not None
         )
-        price = self._price()
         if mine:
             return Step(
                 2,
@@ -284,7 +281,7 @@ class Preflight:
                 return None, "missing", warnings
             return self.options.attested_balance_ticks, "attested", warnings
         try:
-            team = self.ctx.settings.xai_team_id or (await xai.api_key_info()).team_id
+            team = await xai.team(self.ctx.settings.xai_team_id)
             balance = await xai.prepaid_balance_ticks(team)
         except XaiError as exc:
             warnings.append(f"management API: {exc}")

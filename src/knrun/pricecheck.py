@@ -35,12 +35,19 @@ class PriceRow:
 @dataclass
 class PriceCheck:
     rows: list[PriceRow] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # any problem fails the check
+    found: list[tuple[str, str]] = field(default_factory=list)  # (model, problem): any fails
     notes: list[str] = field(default_factory=list)
 
     @property
+    def problems(self) -> list[str]:
+        return [text for _, text in self.found]
+
+    def problems_for(self, models: set[str]) -> list[str]:
+        return [text for model, text in self.found if model in models]
+
+    @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.found
 
 
 def differs(file: Decimal, live: Decimal, tolerance: Decimal = TOLERANCE) -> bool:
@@ -70,14 +77,19 @@ def check_prices(
     if job_model is not None:
         live_job = find_live(live, job_model)
         if job_model in pricing.retired or (live_job and live_job.id in pricing.retired):
-            result.problems.append(f"job model {job_model} is in [retired]: do not run it")
+            result.found.append(
+                (job_model, f"job model {job_model} is in [retired]: do not run it")
+            )
         if live_job is None:
-            result.problems.append(
-                f"job model {job_model} is not on the live list: retired, misspelt, "
-                "or this key cannot use it"
+            result.found.append(
+                (
+                    job_model,
+                    f"job model {job_model} is not on the live list: retired, misspelt, "
+                    "or this key cannot use it",
+                )
             )
         elif price_entry(pricing, job_model, live_job) is None:
-            result.problems.append(f"job model {job_model} is not in {pricing.path}")
+            result.found.append((job_model, f"job model {job_model} is not in {pricing.path}"))
     for name, price in sorted(pricing.models.items()):
         if price.provider != "xai":
             result.notes.append(f"{name}: {price.provider} model, not checked against xAI")
@@ -94,14 +106,21 @@ def check_prices(
             result.rows.append(PriceRow(name, kind, file_value, live_value, ok))
             if not ok:
                 ratio = f" ({live_value / file_value:.1f}x)" if file_value else ""
-                result.problems.append(
-                    f"{name} {kind}: {pricing.path} says ${format_price(file_value)}/M, "
-                    f"live ${format_price(live_value)}/M{ratio}"
+                result.found.append(
+                    (
+                        name,
+                        f"{name} {kind}: {pricing.path} says ${format_price(file_value)}/M, "
+                        f"live ${format_price(live_value)}/M{ratio}",
+                    )
                 )
         age = (today - price.verified_at).days
         if age > max_age_days:
-            result.problems.append(
-                f"{name}: verified_at {price.verified_at} is {age} days old (limit {max_age_days})"
+            result.found.append(
+                (
+                    name,
+                    f"{name}: verified_at {price.verified_at} is {age} days old "
+                    f"(limit {max_age_days})",
+                )
             )
     for name in sorted(pricing.retired):
         if find_live(live, name):

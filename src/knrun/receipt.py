@@ -65,6 +65,9 @@ def load_valid_receipt(
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         receipt = Receipt(**data)
+        created = datetime.fromisoformat(receipt.created_at.replace("Z", "+00:00"))
+        if created.tzinfo is None:  # edited by hand without a zone: knrun writes UTC
+            created = created.replace(tzinfo=UTC)
     except FileNotFoundError:
         raise NotAuthorised(
             f"no preflight receipt for {job.name} v{job.version}: run `knrun preflight` first"
@@ -72,7 +75,6 @@ def load_valid_receipt(
     except (ValueError, TypeError) as exc:
         raise NotAuthorised(f"{path}: unreadable receipt ({exc}); run `knrun preflight`") from None
     now = now or datetime.now(UTC)
-    created = datetime.fromisoformat(receipt.created_at)
     if receipt.model != job.model:
         raise NotAuthorised(
             f"the job's model changed since preflight ({receipt.model} -> {job.model}): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from knrun.events import Event
 from knrun.pricing import ModelPrice, format_usd
@@ -67,15 +67,3 @@ def append_history(run: RunRecord, price: ModelPrice, path: Path = CHECKLIST) ->
     lines.insert(at, history_row(run, price))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return True
-
-
-def summary(run: RunRecord) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "exit_code": run.exit_code,
-        "reason": run.exit_reason,
-        "units_ok": run.units_ok,
-        "units_failed": run.units_failed,
-        "billed": format_usd(run.billed_ticks),
-        "tracked": format_usd(run.tracked_ticks),
-    }

@@ -23,9 +23,8 @@ from knrun.events import Event, EventSink, RunState, discard
 from knrun.guards import CircuitBreaker, Cooldown, DriftMonitor, DriftReading, SpendCap
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice, format_usd
-from knrun.spool import Spool
+from knrun.spool import Delivery, Spool
 from knrun.store.base import SqlUnitStore
-from knrun.store.d1 import D1Error
 from knrun.store.types import Outcome, Unit, UnitFailure
 from knrun.xai import (
     AuthFailed,
@@ -122,6 +121,8 @@ class Runner:
         self._results_ready = asyncio.Event()  # a result reached the spool
         self._closing = False  # the workers are done: write everything, then stop
         self._unspooled: list[Outcome] = []  # results the spool failed to take (disk full?)
+        self.quarantined: list[str] = []  # results the store refused outright, kept aside
+        self.lost: list[str] = []  # results refused by the store that the spool never had
         self._stop_reason: str | None = None
         self._exit_code = ExitCode.OK
         self._stopped = asyncio.Event()
@@ -191,11 +192,23 @@ class Runner:
             self._results_ready.set()
             await writer
             await self._release_leases()
-        unwritten = self.state.write_backlog
+        unwritten = self.state.write_backlog - len(self._unspooled)
         reason = self._stop_reason or "all eligible units processed"
         if self._exit_code == ExitCode.OK and unwritten:
             self._exit_code = ExitCode.FAILURE
             reason = f"{unwritten} paid results could not be written; they stay in the spool"
+        self.lost += [f"{outcome.unit_id}: never written" for outcome in self._unspooled]
+        if self.lost:
+            self._exit_code = ExitCode.FAILURE
+            reason += (
+                f"; {len(self.lost)} paid results could not be saved anywhere (the spool failed): "
+                + ", ".join(self.lost[:5])
+            )
+        if self.quarantined:
+            reason += (
+                f"; {len(self.quarantined)} results the store refused are kept in the spool's "
+                "quarantine table"
+            )
         self.emit(Event("run_finished", reason, {"exit_code": int(self._exit_code)}))
         return RunResult(self.run_id, self._exit_code, reason, self.state, unwritten)
 
@@ -245,14 +258,11 @@ class Runner:
                     max_attempts=self.config.max_attempts,
                     after=cursor,
                 )
-            except D1Error as exc:
+            except StoreError as exc:
                 if not exc.retryable:
                     self.request_stop(f"the store refused a claim: {exc}", ExitCode.FAILURE)
                     return
-                delay = await self._store_trouble("claim", exc, delay)
-                continue
-            except StoreError as exc:  # SQLite busy for too long, and other passing trouble
-                delay = await self._store_trouble("claim", exc, delay)
+                delay = await self._store_trouble("claim", exc, delay)  # busy, an outage
                 continue
             delay = self.config.store_retry_base_s
             if not page:
@@ -410,36 +420,39 @@ class Runner:
         await self._record(judge.Judged(failed, 0, 0))
 
     async def _record(self, judged: judge.Judged) -> None:
-        """Spool first (durable), then count, then hand to the writer."""
-        try:
-            await self.spool.append(judged.outcome, job=self.job.name, version=self.job.version)
-        except StoreError as exc:
-            # Not durable (a full disk?): still hand the result to the writer, but stop.
-            self.request_stop(f"the local spool failed: {exc}", ExitCode.FAILURE)
-            self._unspooled.append(judged.outcome)
+        """Count the unit, all its figures at once (its cost is spent whatever happens next),
+        make the result durable in the spool, then wake the writer."""
         state = self.state
+        outcome = judged.outcome
         state.billed_ticks += judged.billed_ticks
         state.tracked_ticks += judged.tracked_ticks
         if judged.input_tokens:
             state.replies += 1
             state.input_tokens += judged.input_tokens
             state.output_tokens += judged.output_tokens
-        state.write_backlog += 1
-        if self.cap is not None and judged.billed_ticks:
-            self.cap.observe(judged.billed_ticks)
-        outcome = judged.outcome
         if isinstance(outcome, UnitFailure):
             state.failed += 1
             state.failed_by_reason[outcome.reason] += 1
-            self.emit(Event("unit_failed", outcome.error_text, {"unit": outcome.unit_id}))
         else:
             state.done += 1
+        state.write_backlog += 1
+        if self.cap is not None and judged.billed_ticks:
+            self.cap.observe(judged.billed_ticks)
+        if self.drift.due(state.processed):
+            await self._check_drift()  # on the figures at this unit, before any other await
+        try:
+            await self.spool.append(outcome, job=self.job.name, version=self.job.version)
+        except StoreError as exc:
+            # Not durable (a full disk?): still hand the result to the writer, but stop.
+            self.request_stop(f"the local spool failed: {exc}", ExitCode.FAILURE)
+            self._unspooled.append(outcome)
+        if isinstance(outcome, UnitFailure):
+            self.emit(Event("unit_failed", outcome.error_text, {"unit": outcome.unit_id}))
+        else:
             self.emit(
                 Event("unit_done", "", {"unit": outcome.unit_id, "ticks": judged.billed_ticks})
             )
         self._results_ready.set()
-        if self.drift.due(state.processed):
-            await self._check_drift()
 
     async def _check_drift(self) -> None:
         """Decide on the figures as they stand at this unit, at once; only then read the
@@ -511,40 +524,53 @@ class Runner:
         size = self.config.write_batch
         while not self._give_up_writing():
             batch: list[tuple[int, Outcome]] = [(0, o) for o in self._unspooled[:size]]
-            batch += await self.spool.pending(
-                self.job.name, self.job.version, limit=size - len(batch)
-            )
+            try:
+                batch += await self.spool.pending(
+                    self.job.name, self.job.version, limit=size - len(batch)
+                )
+            except StoreError as exc:  # the spool cannot be read: still write what is in memory
+                self.emit(Event("spool_error", str(exc)))
+                if not batch:
+                    return
             if not batch or not await self._write(batch):
                 return
             if len(batch) < size and not until_empty:
                 return
 
     async def _write(self, batch: list[tuple[int, Outcome]]) -> bool:
-        """Write one batch, retrying store trouble; False if the run gave up on writing."""
+        """Deliver one batch through the spool, retrying trouble that may pass; False if the
+        run gave up on writing (what is left stays in the spool)."""
         delay = self.config.store_retry_base_s
         while not self._give_up_writing():
             try:
-                await self.store.write_results([outcome for _, outcome in batch])
-            except D1Error as exc:
-                if not exc.retryable:
-                    self.request_stop(f"the store refused writes: {exc}", ExitCode.FAILURE)
-                    self._abandon_writes = True
-                    return False
-                delay = await self._write_trouble(exc, delay)
-                continue
+                delivery = await self.spool.deliver(self.store, batch)
             except StoreError as exc:
                 delay = await self._write_trouble(exc, delay)
                 continue
-            await self.spool.forget([seq for seq, _ in batch if seq])
-            unspooled = sum(1 for seq, _ in batch if not seq)
-            del self._unspooled[:unspooled]
-            self.state.written += len(batch)
-            self.state.write_backlog -= len(batch)
-            self.emit(
-                Event("written", f"{len(batch)} results", {"backlog": self.state.write_backlog})
-            )
+            self._delivered(batch, delivery)
             return True
         return False
+
+    def _delivered(self, batch: list[tuple[int, Outcome]], delivery: Delivery) -> None:
+        del self._unspooled[: sum(1 for seq, _ in batch if not seq)]
+        self.state.written += delivery.written
+        self.state.write_backlog -= len(batch)
+        self.emit(
+            Event("written", f"{delivery.written} results", {"backlog": self.state.write_backlog})
+        )
+        for what in delivery.quarantined:
+            self.quarantined.append(what)
+            self.emit(Event("quarantined", f"the store refused a result outright: {what}"))
+        for what in delivery.lost:
+            self.lost.append(what)
+            self.emit(Event("lost", f"a paid result could not be saved anywhere: {what}"))
+        if delivery.quarantined and len(delivery.quarantined) == len(batch):
+            # A whole batch refused, entry by entry: the store is refusing everything.
+            self.request_stop(
+                f"the store refuses every result ({delivery.quarantined[0]}); they are kept in "
+                "the spool's quarantine table",
+                ExitCode.FAILURE,
+            )
 
     def _give_up_writing(self) -> bool:
         """After a stop, the backlog gets `grace_s` to drain; what is left stays in the spool."""
@@ -560,7 +586,18 @@ class Runner:
         return min(delay * 2, self.config.store_retry_max_s)
 
     async def _release_leases(self) -> None:
-        """Give back units claimed but never finished, so the next run takes them at once."""
+        """Give back units claimed but never finished, so the next run takes them at once.
+        Not while results still wait in the spool: a failure is only recorded under its run's
+        lease, so the next start here writes them first and then gives the leases back."""
+        if self.state.write_backlog > 0:
+            self.emit(
+                Event(
+                    "leases_kept",
+                    f"{self.state.write_backlog} results wait in the "
+                    "spool: leases are kept until the next start writes them",
+                )
+            )
+            return
         try:
             released = await self.store.release(self.owner)
         except Exception as exc:  # the lease expires on its own; say so and move on

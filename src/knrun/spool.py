@@ -16,10 +16,11 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from knrun.errors import StoreError
-from knrun.store.types import Outcome, UnitFailure, UnitResult
+from knrun.store.types import Outcome, UnitFailure, UnitResult, UnitStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -31,6 +32,26 @@ CREATE TABLE IF NOT EXISTS spool (
     created_at REAL NOT NULL
 )
 """
+# Entries the store refused outright (or that this knrun cannot read): kept, out of the way.
+_QUARANTINE = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    version TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+)
+"""
+
+
+@dataclass
+class Delivery:
+    written: int = 0
+    quarantined: list[str] = field(default_factory=list)  # "<unit id>: <why>"
+    lost: list[str] = field(default_factory=list)  # refused, and never in the spool to keep
 
 
 def encode(outcome: Outcome) -> tuple[str, str]:
@@ -53,6 +74,7 @@ class Spool:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute(_SCHEMA)
+            self._conn.execute(_QUARANTINE)
             self._conn.execute(
                 "CREATE INDEX IF NOT EXISTS spool_pending ON spool (job, version, seq)"
             )
@@ -120,7 +142,67 @@ class Spool:
             "LIMIT ?",
             (job, version, -1 if limit is None else limit),
         )
-        return [(int(str(seq)), decode(str(kind), str(payload))) for seq, kind, payload in rows]
+        entries, unreadable = [], []
+        for seq, kind, payload in rows:
+            try:
+                entries.append((int(str(seq)), decode(str(kind), str(payload))))
+            except (TypeError, ValueError, KeyError) as exc:  # written by another knrun version
+                unreadable.append((int(str(seq)), f"unreadable entry: {exc}"))
+        for seq, reason in unreadable:
+            await self.quarantine([seq], reason)
+        return entries
+
+    async def deliver(self, store: UnitStore, batch: list[tuple[int, Outcome]]) -> Delivery:
+        """Write `batch` to the store, then forget it here. When the store refuses the batch
+        outright, each entry is tried alone and the ones it refuses are quarantined, so one bad
+        result cannot block the spool for ever. Errors that may pass are raised to the caller,
+        with whatever was already written forgotten. Entries with seq 0 never reached the
+        spool (it failed): refused, they are reported as lost."""
+        try:
+            await store.write_results([outcome for _, outcome in batch])
+        except StoreError as exc:
+            if exc.retryable:
+                raise
+            return await self._one_by_one(store, batch)
+        await self.forget([seq for seq, _ in batch if seq])
+        return Delivery(written=len(batch))
+
+    async def _one_by_one(self, store: UnitStore, batch: list[tuple[int, Outcome]]) -> Delivery:
+        delivery = Delivery()
+        for seq, outcome in batch:
+            try:
+                await store.write_results([outcome])
+            except StoreError as exc:
+                if exc.retryable:
+                    raise
+                what = f"{outcome.unit_id}: {exc}"
+                if seq:
+                    await self.quarantine([seq], str(exc))
+                    delivery.quarantined.append(what)
+                else:
+                    delivery.lost.append(what)
+                continue
+            if seq:
+                await self.forget([seq])
+            delivery.written += 1
+        return delivery
+
+    async def quarantine(self, seqs: Sequence[int], reason: str) -> None:
+        ids = json.dumps(list(seqs))
+        await self._run_many(
+            [
+                (
+                    "INSERT OR REPLACE INTO quarantine SELECT seq, job, version, kind, payload, "
+                    "created_at, ?, ? FROM spool WHERE seq IN (SELECT value FROM json_each(?))",
+                    (reason[:1000], time.time(), ids),
+                ),
+                ("DELETE FROM spool WHERE seq IN (SELECT value FROM json_each(?))", (ids,)),
+            ]
+        )
+
+    async def quarantined(self) -> int:
+        rows = await self._run("SELECT COUNT(*) FROM quarantine", ())
+        return int(str(rows[0][0]))
 
     async def forget(self, seqs: Sequence[int]) -> None:
         """The store has these: drop them."""
@@ -129,6 +211,26 @@ class Spool:
                 "DELETE FROM spool WHERE seq IN (SELECT value FROM json_each(?))",
                 (json.dumps(list(seqs)),),
             )
+
+    async def _run_many(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Several statements in one transaction."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    self._conn.execute(sql, params)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+        try:
+            await loop.run_in_executor(self._executor, run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"spool {self.path}: {exc}") from None
 
     async def _run(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         loop = asyncio.get_running_loop()

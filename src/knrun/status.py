@@ -18,7 +18,8 @@ LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence pas
 
 def usd(ticks: int) -> str:
     """USD as an exact decimal string, for JSON: never a float."""
-    return str(ticks_to_usd(ticks).normalize()) if ticks else "0"
+    # "f", not str(): a normalized Decimal prints $10 as "1E+1".
+    return format(ticks_to_usd(ticks).normalize(), "f") if ticks else "0"
 
 
 def _when(stamp: str | None) -> datetime | None:

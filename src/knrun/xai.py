@@ -25,7 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from knrun.errors import ExitCode, KnrunError
+from knrun.errors import ConfigError, ExitCode, KnrunError
 from knrun.httputil import json_body, parse_retry_after, redact, text_excerpt
 from knrun.pricing import Usage, usd_per_m_from_live
 
@@ -329,6 +329,10 @@ class XaiClient:
         )
         return ApiKeyInfo(team_id=str(data["team_id"]), name=data.get("name"), blocked=blocked)
 
+    async def team(self, configured: str | None) -> str:
+        """The team the Management API calls need: XAI_TEAM_ID, else the API key's own."""
+        return configured or (await self.api_key_info()).team_id
+
     async def prepaid_balance_ticks(self, team_id: str) -> int:
         """Remaining prepaid credit in ticks. The ledger counts purchases negative, so the
         remaining amount is minus the total, in cents."""
@@ -393,6 +397,14 @@ class XaiClient:
             raise Timeout(f"xAI {path}: no reply within the timeout") from None
         except httpx.TransportError as exc:
             raise Network(f"xAI {path}: network error ({type(exc).__name__})") from None
+        except httpx.InvalidURL as exc:
+            raise ConfigError(
+                f"XAI_BASE_URL or XAI_MANAGEMENT_BASE_URL is not a URL: {exc}"
+            ) from None
+        except httpx.DecodingError:
+            raise BadResponse(f"xAI {path}: the reply could not be decoded") from None
+        except httpx.HTTPError as exc:  # too many redirects, and the like
+            raise BadRequest(f"xAI {path}: {type(exc).__name__}") from None
         if not response.is_success:
             raise classify(response, secrets=[key.get_secret_value() for key in self._secrets])
         data = json_body(response)

@@ -49,7 +49,7 @@ AUTH_CODES = {10000, 9106, 9109}
 
 
 class D1Error(StoreError):
-    retryable = False
+    retryable = False  # the classes below that may pass say so
 
 
 class D1QueryError(D1Error):
@@ -170,6 +170,10 @@ class D1Store(SqlUnitStore):
             raise D1Transient("D1 request timed out") from None
         except httpx.TransportError as exc:
             raise D1Transient(f"D1 network error: {type(exc).__name__}") from None
+        except httpx.InvalidURL as exc:
+            raise D1NotFound(f"CLOUDFLARE_API_BASE_URL is not a URL: {exc}") from None
+        except httpx.HTTPError as exc:  # undecodable reply, too many redirects
+            raise D1Transient(f"D1 request failed: {type(exc).__name__}") from None
         envelope = json_body(response)
         if response.is_success and isinstance(envelope, dict) and envelope.get("success"):
             return _rows(envelope, expected)
@@ -201,6 +205,8 @@ def _rows(envelope: dict[str, Any], expected: int) -> list[Rows]:
         raise D1Transient(f"D1 returned {len(results or [])} results for {expected} statements")
     rows: list[Rows] = []
     for item in results:
+        if not isinstance(item, dict):
+            raise D1Transient(f"D1 returned an unreadable result: {str(item)[:100]}")
         if not item.get("success", True):
             raise D1QueryError(f"D1 statement failed: {item.get('error') or item}")
         rows.append(list(item.get("results") or []))

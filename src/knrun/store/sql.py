@@ -129,12 +129,14 @@ class UnitSql:
         clause = f"({self.job.source.where}) AND {self._not_done()} AND ({sv} IS NULL OR {sv} != ?)"
         return clause, (self.version, self.version)
 
+    def _failed_here(self) -> str:
+        """No result at this version and the last attempt at it failed (params: v, v)."""
+        c = self.col
+        return f"({self._not_done()} AND {c['status_version']} = ? AND {c['status']} = 'failed')"
+
     def _retry_clause(self, max_attempts: int) -> tuple[str, tuple[Any, ...]]:
         c = self.col
-        clause = (
-            f"({self.job.source.where}) AND {self._not_done()} AND {c['status_version']} = ? "
-            f"AND {c['status']} = 'failed'"
-        )
+        clause = f"({self.job.source.where}) AND {self._failed_here()}"
         params: tuple[Any, ...] = (self.version, self.version)
         if max_attempts > 0:
             clause += f" AND COALESCE({c['attempts']}, 0) < ?"
@@ -287,7 +289,7 @@ class UnitSql:
         c = self.col
         v = self.version
         done = f"{c['prompt_version']} = ?"
-        failed = f"({self._not_done()} AND {c['status_version']} = ? AND {c['status']} = 'failed')"
+        failed = self._failed_here()
         sv = c["status_version"]
         remaining = f"({self._not_done()} AND ({sv} IS NULL OR {sv} != ?))"
         exhausted = f"{failed} AND COALESCE({c['attempts']}, 0) >= ?" if max_attempts > 0 else "0"
@@ -321,8 +323,8 @@ class UnitSql:
         )
         return Statement(
             f"SELECT {reason} AS reason, COUNT(*) AS n FROM {self.table} "
-            f"WHERE ({self.job.source.where}) AND {self._not_done()} AND {c['status_version']} = ? "
-            f"AND {c['status']} = 'failed' GROUP BY reason ORDER BY n DESC",
+            f"WHERE ({self.job.source.where}) AND {self._failed_here()} "
+            "GROUP BY reason ORDER BY n DESC",
             (self.version, self.version),
         )
 
@@ -331,8 +333,7 @@ class UnitSql:
         c = self.col
         return Statement(
             f"SELECT {self.id} AS unit_id, {c['attempts']} AS attempts, {c['error']} AS error "
-            f"FROM {self.table} WHERE ({self.job.source.where}) AND {self._not_done()} "
-            f"AND {c['status_version']} = ? AND {c['status']} = 'failed' "
+            f"FROM {self.table} WHERE ({self.job.source.where}) AND {self._failed_here()} "
             f"AND COALESCE({c['attempts']}, 0) >= ? ORDER BY rowid LIMIT ?",
             (self.version, self.version, max_attempts, limit),
         )

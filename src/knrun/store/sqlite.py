@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from knrun.errors import ConfigError, StoreError
+from knrun.errors import ConfigError, StoreError, StoreRefused
 from knrun.job import JobSpec
 from knrun.store.base import Rows, SqlUnitStore
 from knrun.store.sql import Statement
@@ -23,7 +24,9 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    # FULL, like the spool: the writer forgets a spooled result once the store has committed
+    # it, so that commit must survive a power cut too, not only a crash.
+    conn.execute("PRAGMA synchronous = FULL")
     return conn
 
 
@@ -59,7 +62,7 @@ class SqliteStore(SqlUnitStore):
         try:
             conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite:{self.path}: {exc}") from None
+            raise classify(self.path, exc) from None
         try:
             results = [
                 [dict(row) for row in conn.execute(s.sql, s.params).fetchall()] for s in statements
@@ -67,8 +70,9 @@ class SqliteStore(SqlUnitStore):
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:  # some errors have already rolled the transaction back
-                conn.execute("ROLLBACK")
-            raise StoreError(f"sqlite:{self.path}: {exc}") from None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise classify(self.path, exc) from None
         return results
 
     async def close(self) -> None:
@@ -80,6 +84,18 @@ class SqliteStore(SqlUnitStore):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+_PASSING = ("locked", "busy", "disk i/o", "unable to open", "out of memory")
+
+
+def classify(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A lock or I/O trouble may pass; a constraint, a type or bad SQL will not."""
+    text = f"sqlite:{path}: {exc}"
+    passing = isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc).lower() for word in _PASSING
+    )
+    return StoreError(text) if passing else StoreRefused(text)
 
 
 def _is_read(sql: str) -> bool:
