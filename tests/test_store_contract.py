@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Backend, FakeClock, plain_units
+from conftest import Backend, FakeClock, plain_units, seed_units
 from knrun.errors import ConfigError
 from knrun.store import RunRecord, UnitFailure, UnitResult
 
@@ -279,11 +279,11 @@ async def test_claims_come_in_row_order_and_start_after_the_cursor(backend: Back
     assert [u.id for u in first] == [1, 2, 3, 4, 5]
     assert [u.position for u in first] == [1, 2, 3, 4, 5]
     await store.release("me", [2])  # given back behind the cursor
-    after = await store.claim(5, "me", 600, after=first[-1].position)
+    after = await store.claim(5, "me", 600, start=first[-1].position + 1)
     assert [u.id for u in after] == [6, 7, 8, 9, 10]
-    rest = await store.claim(5, "me", 600, after=after[-1].position)
+    rest = await store.claim(5, "me", 600, start=after[-1].position + 1)
     assert [u.id for u in rest] == [11, 12]
-    assert await store.claim(5, "me", 600, after=rest[-1].position) == []
+    assert await store.claim(5, "me", 600, start=rest[-1].position + 1) == []
     assert [u.id for u in await store.claim(5, "me", 600)] == [2]  # the wrap finds it
 
 
@@ -334,3 +334,20 @@ async def test_units_with_zero_and_negative_integer_ids_are_claimed(backend: Bac
     assert await store.count_remaining() == 3
     assert sorted(u.id for u in await store.claim(10, "me", 600)) == [-1, 0, 1]
     assert await store.count_claimable() == 0
+
+
+def test_claims_seek_to_the_cursor_instead_of_scanning_the_table(job) -> None:
+    # An OR around the rowid range made SQLite scan the whole table on every claim: O(n^2).
+    import sqlite3
+
+    from knrun.store.sql import UnitSql
+
+    statement = UnitSql(job).claim(50, "me", 0, 600, failed_only=False, max_attempts=0, start=7)
+    conn = sqlite3.connect(":memory:")
+    seed_units(conn, plain_units(1))
+    for column in ("prompt_version", "status_version", "lease_owner", "lease_expires"):
+        conn.execute(f"ALTER TABLE units ADD COLUMN kn_{column}")
+    plan = " ".join(
+        row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement.sql, statement.params)
+    )
+    assert "SEARCH units USING INTEGER PRIMARY KEY (rowid>?)" in plan

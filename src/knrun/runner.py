@@ -25,6 +25,7 @@ from knrun.job import JobSpec
 from knrun.pricing import ModelPrice, format_usd
 from knrun.spool import Delivery, Spool
 from knrun.store.base import SqlUnitStore
+from knrun.store.sql import MAX_ROWID
 from knrun.store.types import Outcome, Unit, UnitFailure
 from knrun.xai import (
     AuthFailed,
@@ -256,7 +257,7 @@ class Runner:
                     self.config.lease_s,
                     failed_only=self.config.failed_only,
                     max_attempts=self.config.max_attempts,
-                    after=cursor,
+                    start=cursor,
                 )
             except StoreError as exc:
                 if not exc.retryable:
@@ -270,7 +271,9 @@ class Runner:
                     return  # nothing eligible is left
                 cursor = None  # past the end: look once more from the start
                 continue
-            cursor = page[-1].position
+            # The next claim starts just past this page; past the last possible rowid, at the end.
+            after = page[-1].position + 1
+            cursor = after if after <= MAX_ROWID else None
             self._claimed += len(page)
             for unit in page:
                 self._queue.put_nowait(unit)

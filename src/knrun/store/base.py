@@ -123,7 +123,7 @@ class SqlUnitStore(ABC):
         *,
         failed_only: bool = False,
         max_attempts: int = 0,
-        after: int | None = None,
+        start: int | None = None,
     ) -> list[Unit]:
         if n <= 0:
             return []
@@ -135,7 +135,7 @@ class SqlUnitStore(ABC):
             now + max(1, round(lease_s)),
             failed_only=failed_only,
             max_attempts=max_attempts,
-            after=after,
+            start=start,
         )
         # Not idempotent: a repeated claim would lease a second page. A lost page is not lost
         # work: its lease expires, or the next start on this machine releases it.

@@ -19,6 +19,7 @@ from knrun.store.types import RunRecord, UnitFailure, UnitResult
 
 RUNS_TABLE = "knrun_runs"
 POSITION = "knrun_position"  # the claimed row's rowid, as a claim returns it
+MIN_ROWID, MAX_ROWID = -(2**63), 2**63 - 1
 
 # Bookkeeping columns (without the job's prefix) and their SQL types.
 BOOKKEEPING_COLUMNS: dict[str, str] = {
@@ -165,10 +166,10 @@ class UnitSql:
         *,
         failed_only: bool,
         max_attempts: int,
-        after: int | None,
+        start: int | None,
     ) -> Statement:
-        """One statement: lease up to n eligible, unleased units after row `after`, in rowid
-        order, and return their inputs and rowids.
+        """One statement: lease up to n eligible, unleased units from row `start` on (from the
+        first row when None), in rowid order, and return their inputs and rowids.
 
         The rowid cursor makes each claim read about a page of rows: without it, every claim
         scans past all the units already done, O(n^2) rows over a run (and D1 bills rows read).
@@ -178,12 +179,13 @@ class UnitSql:
         returning = ", ".join(quote(column) for column in self.input_columns)
         sql = (
             f"UPDATE {self.table} SET {owner_col} = ?, {expires_col} = ? "
-            f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE (? IS NULL OR rowid > ?) "
-            f"AND {clause} "
+            # A plain range on rowid, so SQLite seeks to it: an OR here would scan the table.
+            f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE rowid >= ? AND {clause} "
             f"AND ({owner_col} IS NULL OR {expires_col} <= ?) ORDER BY rowid LIMIT ?) "
             f"RETURNING rowid AS {POSITION}, {returning}"
         )
-        return Statement(sql, (owner, expires, after, after, *params, now, n))
+        first = MIN_ROWID if start is None else start
+        return Statement(sql, (owner, expires, first, *params, now, n))
 
     def count_claimable(self, now: int, *, failed_only: bool, max_attempts: int) -> Statement:
         """Units a claim could take now: eligible and not leased. (A unit whose result is still

@@ -112,10 +112,10 @@ class UnitStore(Protocol):
         *,
         failed_only: bool = False,
         max_attempts: int = 0,
-        after: int | None = None,
+        start: int | None = None,
     ) -> list[Unit]:
         """Lease up to `n` eligible units to `owner` in one statement and return them, in row
-        order, starting after row position `after` (from the first row when None).
+        order, from row position `start` on (from the first row when None).
         `failed_only` claims units that failed at this version instead (for retry)."""
         ...
 
