@@ -62,3 +62,13 @@ def test_keep_awake_runs_caffeinate_on_our_pid_on_macos(monkeypatch: pytest.Monk
     assert started == [["caffeinate", "-i", "-w", str(__import__("os").getpid())]]
     monkeypatch.setattr(sys, "platform", "linux")
     assert awake.keep_awake() is None
+
+
+def test_store_trouble_shows_once_there_is_some() -> None:
+    s = state()
+    assert "store errors" not in progress_line(s)
+    s.store_errors = 4
+    assert progress_line(s).endswith("write backlog 40 · store errors 4")
+    console = Console(width=140, record=True)
+    console.print(panel(s))
+    assert "4 store errors" in console.export_text()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from knrun.config import Settings, StoreTarget, load_settings
 from knrun.job import JobSpec, find_job_path, load_job
 from knrun.pricing import PricingTable, load_pricing
@@ -24,12 +22,9 @@ class Context:
     job_path: Path
     job: JobSpec
     target: StoreTarget
-    d1_transport: httpx.AsyncBaseTransport | None = None
 
     def open_store(self) -> SqlUnitStore:
-        return open_store(
-            self.settings, self.job, target=self.target, d1_transport=self.d1_transport
-        )
+        return open_store(self.settings, self.job, target=self.target)
 
 
 def load_context(job: Path | None, *, settings: Settings | None = None) -> Context:
@@ -54,19 +49,13 @@ def optional_job(job: Path | None, settings: Settings) -> JobSpec | None:
     return load_job(find_job_path(job, settings.knrun_job, PROMPTS_DIR))
 
 
-def xai_client(
-    settings: Settings,
-    *,
-    max_connections: int = 50,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> XaiClient:
+def xai_client(settings: Settings, *, max_connections: int = 50) -> XaiClient:
     return XaiClient(
         api_key=settings.require_xai_key(),
         base_url=settings.xai_base_url,
         management_key=settings.xai_management_key,
         management_base_url=settings.xai_management_base_url,
         max_connections=max_connections,
-        transport=transport,
     )
 
 

@@ -9,8 +9,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.events import Event, EventSink
 from knrun.judge import utc_now
@@ -32,7 +30,6 @@ class Launch:
     config: RunConfig
     events: EventSink
     on_runner: Callable[[Runner], None] | None = None  # the CLI hooks signals and display here
-    xai_transport: httpx.AsyncBaseTransport | None = None  # the demo's in-process simulator
     run_id: str | None = None
 
 
@@ -48,11 +45,7 @@ async def launch(ctx: Context, request: Launch) -> Launched:
     lock.acquire(f"knrun {request.kind}")
     try:
         # The client first: it checks the key, and nothing is open yet if that fails.
-        xai = xai_client(
-            ctx.settings,
-            max_connections=request.config.concurrency,
-            transport=request.xai_transport,
-        )
+        xai = xai_client(ctx.settings, max_connections=request.config.concurrency)
         store = ctx.open_store()
         spool = Spool(STATE_DIR / "spool.sqlite")
         try:

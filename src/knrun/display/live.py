@@ -47,6 +47,7 @@ def progress_line(state: RunState) -> str:
         f"{state.units_per_minute():.0f}/min · eta {_duration(state.eta_seconds())} · "
         f"spent {format_usd(state.billed_ticks)}{cap} · 429s {state.rate_limited} · "
         f"in flight {state.in_flight} · write backlog {state.write_backlog}"
+        + (f" · store errors {state.store_errors}" if state.store_errors else "")
     )
 
 
@@ -79,7 +80,8 @@ def panel(state: RunState) -> Panel:
     grid.add_row(
         "pipeline",
         f"{state.queued} queued · {state.in_flight} in flight · "
-        f"{state.write_backlog} to write · {state.written:,} written",
+        f"{state.write_backlog} to write · {state.written:,} written"
+        + (f" · [yellow]{state.store_errors} store errors[/]" if state.store_errors else ""),
     )
     parts: list[Table | Text] = [grid]
     if state.stopping:

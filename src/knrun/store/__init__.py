@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import httpx
-
 from knrun.config import Settings, StoreTarget
 from knrun.errors import ConfigError
 from knrun.job import JobSpec
@@ -43,10 +41,9 @@ def open_store(
     job: JobSpec,
     *,
     target: StoreTarget | None = None,
-    d1_transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SqlUnitStore:
-    """The store the settings point at (or `target`). `d1_transport` lets a simulator stand in."""
+    """The store the settings point at (or `target`). Simulators stand in by base URL."""
     target = target or settings.store_target()
     if target.kind == "sqlite":
         assert target.path is not None
@@ -62,6 +59,5 @@ def open_store(
         database_id=settings.d1_database_id,
         api_token=settings.cloudflare_api_token,
         base_url=settings.cloudflare_api_base_url,
-        transport=d1_transport,
         clock=clock,
     )
