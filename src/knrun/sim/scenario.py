@@ -1,4 +1,5 @@
-"""What the xAI simulator pretends: models and prices, the team's credit, latency, faults.
+"""What the xAI simulator pretends: models and prices, the team's credit, latency, rate limits and
+faults. Written from the public record (design section 6), not from what knrun expects.
 
 A scenario is plain data (loadable from TOML for `knrun sim serve --scenario FILE`), so a test,
 the demo and a person at a terminal can all describe the world they want to rehearse against.
@@ -13,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from knrun.tomlfile import problems, read_toml
 
+PRICE_KINDS = ("input", "cached_input", "output", "input_long", "cached_input_long", "output_long")
+
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,14 +27,26 @@ class SimModel(_Data):
     input: Decimal  # USD per million tokens, as on a models page
     cached_input: Decimal
     output: Decimal
-    # False: gone from the live list but still answering at its old prices, as retired models
-    # did in the April 2026 incident.
+    # A prompt of at least this many tokens is billed at the *_long prices for all its tokens;
+    # 0: the model has no long-context tier.
+    long_context_threshold: int = Field(default=0, ge=0)
+    input_long: Decimal = Decimal(0)
+    cached_input_long: Decimal = Decimal(0)
+    output_long: Decimal = Decimal(0)
+    # False: gone from the live list. `served` says whether requests still work: grok-3-fast was
+    # still answered at legacy prices in the April 2026 incident; the grok-4-1-fast family was
+    # switched off on 2026-05-15 ("requests will no longer work").
     listed: bool = True
+    served: bool = True
     reasoning: bool = True  # spends reasoning tokens (billed as output) on every reply
+    # reasoning_effort values the model accepts; empty: it rejects the parameter (400).
+    efforts: list[str] = []
+    default_effort: str | None = None
+    max_prompt_tokens: int = Field(default=256_000, gt=0)
     version: str = "1.0"
     fingerprint: str = "fp_sim0001"
 
-    @field_validator("input", "cached_input", "output")
+    @field_validator(*PRICE_KINDS)
     @classmethod
     def _whole_ticks(cls, value: Decimal) -> Decimal:
         if value < 0 or (value * 10_000) % 1:
@@ -45,16 +60,24 @@ class SimModel(_Data):
 class Latency(_Data):
     median_s: float = Field(default=5.0, ge=0)  # lognormal around this median
     sigma: float = Field(default=0.35, ge=0)
-    # Every simulated duration (latency, billing lag, Retry-After) is multiplied by this:
-    # 0.01 runs a 5 s call in 50 ms with the same shape.
+    # Every simulated duration (latency, billing lag, Retry-After, rate-limit windows) is
+    # multiplied by this: 0.01 runs a 5 s call in 50 ms with the same shape.
     time_scale: float = Field(default=1.0, gt=0)
 
 
 class Output(_Data):
     visible_tokens_mean: int = Field(default=900, ge=0)
     visible_tokens_sd: int = Field(default=250, ge=0)
-    reasoning_tokens_mean: int = Field(default=2000, ge=0)
+    reasoning_tokens_mean: int = Field(default=2000, ge=0)  # at the model's default effort
     reasoning_tokens_sd: int = Field(default=500, ge=0)
+
+
+class RateLimits(_Data):
+    """Per model, rolling windows, as xAI enforces them (tier 0 for grok-4.3: 30 requests/s,
+    10M tokens/min). None: no limit. Prompt, completion and reasoning tokens all count."""
+
+    requests_per_s: float | None = Field(default=None, gt=0)
+    tokens_per_min: int | None = Field(default=None, gt=0)
 
 
 class Faults(_Data):
@@ -64,8 +87,11 @@ class Faults(_Data):
     truncated: float = Field(default=0.0, ge=0, le=1)  # finish_reason "length"
     refusal: float = Field(default=0.0, ge=0, le=1)
     server_error: float = Field(default=0.0, ge=0, le=1)
-    rate_limited: float = Field(default=0.0, ge=0, le=1)
-    retry_after_s: float | None = Field(default=1.0, ge=0)  # sent with rate-limit 429s
+    rate_limited: float = Field(default=0.0, ge=0, le=1)  # 429s beyond the real windows
+    # Seconds of Retry-After on 429s. None (the default): none is sent, as live.
+    retry_after_s: float | None = Field(default=None, ge=0)
+    # Replies whose usage carries no cost_in_usd_ticks (a proxy that drops fields, say).
+    missing_cost: float = Field(default=0.0, ge=0, le=1)
 
 
 class OtherSpender(_Data):
@@ -76,26 +102,50 @@ class OtherSpender(_Data):
     leaves_usd: Decimal = Field(ge=0)
 
 
+def _model(name: str, prices: tuple[str, str, str], **kwargs: object) -> SimModel:
+    input_, cached, output = prices
+    fields = {"id": name, "input": input_, "cached_input": cached, "output": output, **kwargs}
+    return SimModel.model_validate(fields)
+
+
 def default_models() -> list[SimModel]:
-    """Today's models as the simulator's live list, plus a retired one still being served."""
-    fast = {"input": Decimal("0.20"), "cached_input": Decimal("0.05"), "output": Decimal("0.50")}
+    """The late-2026 live list, the models retired on 2026-05-15, and the incident's model."""
+    grok_43 = ("1.25", "0.20", "2.50")
+    # Prompts of 200k tokens or more: every token at the long-context rate (docs.x.ai).
+    long_43 = {
+        "long_context_threshold": 200_000,
+        "input_long": "2.50",
+        "cached_input_long": "0.40",
+        "output_long": "5.00",
+    }
+    gone = {"listed": False, "served": False}
     return [
-        SimModel(id="grok-4-1-fast-reasoning", aliases=["grok-4-1-fast"], **fast),
-        SimModel(id="grok-4-1-fast-non-reasoning", reasoning=False, **fast),
-        SimModel(
-            id="grok-4.20-0309-reasoning",
-            input=Decimal("2.00"),
-            cached_input=Decimal("0.20"),
-            output=Decimal("6.00"),
+        _model(
+            "grok-4.3",
+            grok_43,
+            aliases=["grok-4.3-latest"],
+            efforts=["none", "low", "medium", "high"],
+            default_effort="low",
+            **long_43,
         ),
-        SimModel(
-            id="grok-3-fast",
-            input=Decimal("3.00"),
-            cached_input=Decimal("0.75"),
-            output=Decimal("4.50"),
-            listed=False,
-            reasoning=False,
+        _model("grok-4.20-0309-reasoning", grok_43, **long_43),
+        _model("grok-4.20-0309-non-reasoning", grok_43, reasoning=False, **long_43),
+        _model(
+            "grok-4.5",
+            ("2.00", "0.30", "6.00"),
+            efforts=["low", "medium", "high", "xhigh"],
+            default_effort="high",
         ),
+        _model(
+            "grok-4.6",
+            ("2.00", "0.50", "6.00"),
+            efforts=["low", "medium", "high", "xhigh"],
+            default_effort="high",
+        ),
+        _model("grok-4-1-fast-reasoning", ("0.20", "0.05", "0.50"), **gone),
+        _model("grok-4-1-fast-non-reasoning", ("0.20", "0.05", "0.50"), reasoning=False, **gone),
+        # Gone from the list but still answering at legacy prices: the April 2026 incident.
+        _model("grok-3-fast", ("3.00", "0.75", "4.50"), listed=False, reasoning=False),
     ]
 
 
@@ -109,9 +159,13 @@ class Scenario(_Data):
     # Seconds before a request's cost reaches the ledger: requests keep being accepted meanwhile,
     # which is how a run overshoots its credit by a few dollars at high concurrency.
     billing_lag_s: float = Field(default=3.0, ge=0)
-    credit_exhausted_status: int = 429  # 429 until early 2026, 403 since
+    credit_exhausted_status: int = 403  # 429 until early 2026, 403 since mid-2026
+    # How an unknown model name is refused on chat: 404 JSON "does not exist" or 400 plain text
+    # "Model not found: X" (both seen live).
+    unknown_model_status: int = 404
     latency: Latency = Latency()
     output: Output = Output()
+    limits: RateLimits = RateLimits()
     faults: Faults = Faults()
     other_spender: OtherSpender | None = None
     seed: int = 7

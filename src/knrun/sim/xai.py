@@ -1,16 +1,20 @@
-"""An xAI simulator: chat completions, the live model list, the API key, and the Management API's
-prepaid balance, as one ASGI app (in-process through `httpx.ASGITransport`, or served on a port).
+"""An xAI simulator written from the public record (design section 6), not from knrun's own
+assumptions: chat completions, the live model list, the API key, and the Management API's
+prepaid balance, as one ASGI app (in-process through `httpx.ASGITransport`, or on a port).
 
-It bills every reply from its own price list and draws the prepaid balance down after a billing
-lag, so a wrong `pricing.toml` shows up as a difference between tracked and billed cost, and a run
-that outlives its credit sees the real "used all available credits" refusal, as it would live.
+It is hostile the ways the real service is. It bills a request the moment it accepts it, so a
+client that gives up waiting is still charged (and the simulator says how much was billed
+unseen). Rate limits are rolling windows per second and per minute, refused with the real
+"(actual/limit)" texts and no Retry-After; `x-ratelimit-*` headers come on successful replies
+only. Credit exhaustion is 403. Some error bodies are plain text. A reply can lack
+`cost_in_usd_ticks`. The prepaid balance falls after a billing lag, so a run overshoots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import json
 import math
 import random
 import re
@@ -22,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from knrun.sim import replies
 from knrun.sim.asgi import (
     Receive,
     Request,
@@ -32,11 +37,11 @@ from knrun.sim.asgi import (
     read_request,
     send_response,
 )
+from knrun.sim.management import Management
+from knrun.sim.ratelimit import RateLimiter
 from knrun.sim.scenario import Scenario, SimModel
 
 TICKS_PER_CENT = 10**8
-_BALANCE = re.compile(r"^/v1/billing/teams/(?P<team>[^/]+)/prepaid/balance$")
-_LIMITS = re.compile(r"^/v1/billing/teams/(?P<team>[^/]+)/postpaid/spending-limits$")
 _MODEL = re.compile(r"^/v1/language-models/(?P<model>[^/]+)$")
 _REASONING_REJECTS = ("presence_penalty", "frequency_penalty", "stop")
 FORCEABLE = (
@@ -46,38 +51,22 @@ FORCEABLE = (
     "malformed_json",
     "truncated",
     "refusal",
+    "missing_cost",
 )
-_WORDS = [
-    "competency",
-    "workplace",
-    "safety",
-    "procedure",
-    "learner",
-    "evidence",
-    "criteria",
-    "practice",
-    "team",
-    "record",
-    "risk",
-    "client",
-    "quality",
-    "assessment",
-    "task",
-    "standard",
-    "review",
-    "report",
-    "plan",
-]
+_RANDOM_FAULTS = ("rate_limited", "server_error", "malformed_json", "truncated", "refusal")
+Disconnected = Callable[[], Awaitable[None]]
 
 
 @dataclass
 class XaiStats:
     chat_requests: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    billed_ticks: int = 0
+    billed_ticks: int = 0  # everything charged, whether or not the reply reached the client
+    abandoned_requests: int = 0  # accepted and billed, but the client left before the reply
+    abandoned_ticks: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
-    paid_by_prompt: Counter[str] = field(default_factory=Counter)  # paid replies per prompt
+    paid_by_prompt: Counter[str] = field(default_factory=Counter)  # paid requests per prompt
     latencies: list[float] = field(default_factory=list)  # simulated seconds, unscaled
     arrivals: list[float] = field(default_factory=list)  # clock time of each chat request
     answered: list[tuple[float, str]] = field(default_factory=list)  # (clock time, outcome)
@@ -85,6 +74,10 @@ class XaiStats:
     @property
     def paid_requests(self) -> int:
         return sum(self.paid_by_prompt.values())
+
+    @property
+    def delivered_ticks(self) -> int:
+        return self.billed_ticks - self.abandoned_ticks
 
 
 def prompt_key(messages: list[dict[str, Any]]) -> str:
@@ -111,6 +104,8 @@ class XaiSimulator:
         self._conversations: set[str] = set()
         self.forced: deque[str] = deque()
         self.stats = XaiStats()
+        self.limits = RateLimiter(self.scenario.limits, clock, self.scenario.latency.time_scale)
+        self.management = Management(self)
 
     # -- for tests and the demo -------------------------------------------------------------------
 
@@ -130,12 +125,11 @@ class XaiSimulator:
             self.balance_ticks -= self._unsettled.popleft()[1]
         return self.balance_ticks
 
-    def price_usage(self, model: SimModel, prompt: int, cached: int, output: int) -> int:
-        return (
-            (prompt - cached) * model.ticks_per_token("input")
-            + cached * model.ticks_per_token("cached_input")
-            + output * model.ticks_per_token("output")
-        )
+    def charge(self, ticks: int) -> None:
+        """Bill `ticks` now; the prepaid balance shows it after the billing lag."""
+        self.stats.billed_ticks += ticks
+        lag = self.scenario.billing_lag_s * self.scenario.latency.time_scale
+        self._unsettled.append((self._clock() + lag, ticks))
 
     # -- ASGI -------------------------------------------------------------------------------------
 
@@ -144,12 +138,17 @@ class XaiSimulator:
             await handle_lifespan(receive, send)
             return
         request = await read_request(scope, receive)
-        await send_response(send, await self.handle(request))
 
-    async def handle(self, request: Request) -> Response:
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        await send_response(send, await self.handle(request, disconnected))
+
+    async def handle(self, request: Request, disconnected: Disconnected | None = None) -> Response:
         path = request.path.rstrip("/")
         if path.startswith("/v1/billing/"):
-            return self._management(request, path)
+            return self.management.handle(request, path)
         if request.bearer() is None:
             return _error(401, "unauthenticated", "No API key provided. Send it as a Bearer token.")
         if request.bearer() != self.scenario.api_key:
@@ -161,137 +160,187 @@ class XaiSimulator:
                 "https://console.x.ai.",
             )
         if request.method == "POST" and path == "/v1/chat/completions":
-            return await self._chat(request)
+            return await self._chat(request, disconnected)
         if request.method == "GET":
-            if path == "/v1/language-models":
-                return Response.json(
-                    200, {"models": [self._model_entry(m) for m in self._listed()]}
-                )
-            if match := _MODEL.match(path):
-                model = self.scenario.model(match["model"])
-                if model is None or not model.listed:
-                    return self._model_missing(match["model"])
-                return Response.json(200, self._model_entry(model))
-            if path == "/v1/models":  # the OpenAI-compatible list
-                data = [
-                    {"id": m.id, "object": "model", "created": 1_767_225_600, "owned_by": "xai"}
-                    for m in self._listed()
-                ]
-                return Response.json(200, {"object": "list", "data": data})
-            if path == "/v1/api-key":
-                return Response.json(200, self._api_key())
+            return self._get(path)
         return _error(404, "not-found", f"No handler for {request.method} {path}")
+
+    def _get(self, path: str) -> Response:
+        if path == "/v1/language-models":
+            return Response.json(200, {"models": [_model_entry(m) for m in self._listed()]})
+        if match := _MODEL.match(path):
+            model = self.scenario.model(match["model"])
+            if model is None or not model.listed:
+                return self._model_missing(match["model"])
+            return Response.json(200, _model_entry(model))
+        if path == "/v1/models":  # the OpenAI-compatible list
+            data = [
+                {"id": m.id, "object": "model", "created": 1_767_225_600, "owned_by": "xai"}
+                for m in self._listed()
+            ]
+            return Response.json(200, {"object": "list", "data": data})
+        if path == "/v1/api-key":
+            return Response.json(200, self.management.api_key())
+        return _error(404, "not-found", f"No handler for GET {path}")
 
     # -- chat -------------------------------------------------------------------------------------
 
-    async def _chat(self, request: Request) -> Response:
+    async def _chat(self, request: Request, disconnected: Disconnected | None) -> Response:
         self.stats.chat_requests += 1
         self.stats.arrivals.append(self._clock())
-        spender = self.scenario.other_spender
-        if spender is not None and self.stats.chat_requests == spender.after_requests:
-            left = int(spender.leaves_usd * 100) * TICKS_PER_CENT
-            self.balance_ticks = min(self.balance_ticks, left)
+        self.management.other_spender_acts(self.stats.chat_requests)
+        refused, body, model = self._refuse_request(request)
+        if refused is not None:
+            return refused
+        assert body is not None and model is not None
+        messages = body["messages"]
+        usage = self._usage(body, model, messages, request.headers.get("x-grok-conv-id"))
+        if usage.prompt > model.max_prompt_tokens:
+            too_long = (
+                f"This model's maximum prompt length is {model.max_prompt_tokens} but the request "
+                f"contains {usage.prompt} tokens."
+            )
+            return self._outcome("bad_request", _error(400, "invalid-argument", too_long))
+        outcome = self._pick_outcome()
+        window = self.limits.for_model(model.id)
+        if outcome == "rate_limited":
+            return self._outcome(outcome, self._rate_limited(_rate_text(self, model.id)))
+        if message := window.refusal(self.scenario.team_id, model.id, usage.prompt):
+            return self._outcome("rate_limited", self._rate_limited(message))
+        if outcome == "credit_exhausted" or self.settled_balance_ticks() <= 0:
+            return self._outcome("credit_exhausted", self.management.credit_exhausted())
+        if outcome == "server_error":
+            unavailable = "The service is temporarily unavailable. Please try again."
+            return self._outcome(outcome, _error(503, "unavailable", unavailable))
+        # Accepted: billed now, whatever happens to the reply.
+        finish = "length" if outcome == "truncated" else "stop"
+        cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or 10**9)
+        if usage.visible > cap:
+            usage, finish = (
+                replies.Usage(usage.prompt, usage.cached, cap, usage.reasoning),
+                "length",
+            )
+        if outcome == "refusal":
+            usage = replies.Usage(usage.prompt, usage.cached, 8, usage.reasoning)
+        cost = replies.price_usage(model, usage)
+        self.charge(cost)
+        self.stats.paid_by_prompt[prompt_key(messages)] += 1
+        window.admit(usage.total)
+        if await self._compute(disconnected, cost):
+            return self._outcome("abandoned", Response.json(499, {}))
+        reply = self._reply(body, model, usage, cost, outcome, finish)
+        return self._outcome(outcome or "ok", Response.json(200, reply, window.headers()))
+
+    def _refuse_request(
+        self, request: Request
+    ) -> tuple[Response | None, dict[str, Any] | None, SimModel | None]:
+        """Refusals before any work is done: body, model, parameters, prompt length."""
         try:
             body = request.json()
-            messages = body["messages"]
-            name = body["model"]
-        except (ValueError, KeyError, TypeError):
-            return self._outcome(
-                "bad_request", _error(400, "invalid-argument", "Invalid request body")
+        except ValueError as exc:
+            text = f"Failed to parse the request body as JSON: {exc}"
+            return self._outcome("bad_request", Response.text(422, text, "text/plain")), None, None
+        missing = [
+            key for key in ("model", "messages") if not isinstance(body, dict) or key not in body
+        ]
+        if missing:
+            text = (
+                "Failed to deserialize the JSON body into the target type: missing field "
+                f"`{missing[0]}` at line 1 column {len(request.body)}"
             )
+            return self._outcome("bad_request", Response.text(422, text, "text/plain")), None, None
+        name = str(body["model"])
         model = self.scenario.model(name)
-        if model is None:
-            return self._outcome("model_missing", self._model_missing(name))
-        if model.reasoning:
-            for parameter in _REASONING_REJECTS:
-                if parameter in body:
-                    camel = re.sub(r"_(\w)", lambda m: m[1].upper(), parameter)
-                    return self._outcome(
-                        "bad_request",
-                        _error(
-                            400,
-                            "invalid-argument",
-                            f"Model {name} does not support parameter {camel}.",
-                        ),
-                    )
-        outcome = self._pick_outcome()
-        if outcome == "rate_limited":
-            return self._outcome(outcome, self._rate_limited(name))
-        if outcome == "server_error":
-            return self._outcome(
-                outcome,
-                _error(
-                    503, "unavailable", "The service is temporarily unavailable. Please try again."
-                ),
+        if model is None and self.scenario.unknown_model_status == 400:
+            plain = Response.text(400, f"Model not found: {name}", "text/plain")
+            return self._outcome("model_missing", plain), None, None
+        if model is None or not model.served:
+            return self._outcome("model_missing", self._model_missing(name)), None, None
+        problem = _parameter_problem(model, body)
+        if problem is not None:
+            return (
+                self._outcome("bad_request", _error(400, "invalid-argument", problem)),
+                None,
+                None,
             )
-        if outcome == "credit_exhausted" or self.settled_balance_ticks() <= 0:
-            return self._outcome("credit_exhausted", self._credit_exhausted())
+        return None, body, model
 
-        self.stats.in_flight += 1
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
-        try:
-            latency = self._latency()
-            await self._sleep(latency * self.scenario.latency.time_scale)
-        finally:
-            self.stats.in_flight -= 1
-        reply = self._reply(body, model, messages, outcome, request.headers.get("x-grok-conv-id"))
-        self.stats.latencies.append(latency)
-        return self._outcome(outcome or "ok", Response.json(200, reply))
-
-    def _pick_outcome(self) -> str | None:
-        if self.forced:
-            return self.forced.popleft()
-        faults = self.scenario.faults
-        roll = self._rng.random()
-        for name in ("rate_limited", "server_error", "malformed_json", "truncated", "refusal"):
-            rate = getattr(faults, name)
-            if roll < rate:
-                return name
-            roll -= rate
-        return None
-
-    def _reply(
-        self,
-        body: dict[str, Any],
-        model: SimModel,
-        messages: list[dict[str, Any]],
-        outcome: str | None,
-        conv_id: str | None,
-    ) -> dict[str, Any]:
-        text_of = [str(m.get("content") or "") for m in messages]
-        prompt = sum(_tokens(text) for text in text_of)
+    def _usage(
+        self, body: dict[str, Any], model: SimModel, messages: list[Any], conv_id: str | None
+    ) -> replies.Usage:
+        prompt = sum(replies.tokens(str(m.get("content") or "")) for m in messages)
         system = sum(
-            _tokens(str(m.get("content") or "")) for m in messages if m.get("role") == "system"
+            replies.tokens(str(m.get("content") or ""))
+            for m in messages
+            if m.get("role") == "system"
         )
         cached = system if conv_id and conv_id in self._conversations else 0
         if conv_id:
             self._conversations.add(conv_id)
         shape = self.scenario.output
         visible = max(1, round(self._rng.gauss(shape.visible_tokens_mean, shape.visible_tokens_sd)))
-        reasoning = 0
-        if model.reasoning:
-            reasoning = max(
-                0, round(self._rng.gauss(shape.reasoning_tokens_mean, shape.reasoning_tokens_sd))
-            )
-        cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or 10**9)
-        finish = "stop"
-        if outcome == "truncated" or visible > cap:
-            visible, finish = min(visible, cap), "length"
+        effort = body.get("reasoning_effort")
+        reasoning = replies.reasoning_tokens(model, effort, shape, self._rng)
+        return replies.Usage(prompt, cached, visible, reasoning)
+
+    async def _compute(self, disconnected: Disconnected | None, cost: int) -> bool:
+        """Spend the model's latency; True when the client left first (the bill stands)."""
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        latency = self._latency()
+        self.stats.latencies.append(latency)
+        work = asyncio.ensure_future(self._sleep(latency * self.scenario.latency.time_scale))
+        watch = asyncio.ensure_future(disconnected()) if disconnected else None
+        try:
+            waiting = {work} if watch is None else {work, watch}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            left = not work.done()
+        except asyncio.CancelledError:  # an in-process client timed out and cancelled us
+            self._abandoned(cost)
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            for task in (work, watch):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if left:
+            self._abandoned(cost)
+        return left
+
+    def _abandoned(self, cost: int) -> None:
+        self.stats.abandoned_requests += 1
+        self.stats.abandoned_ticks += cost
+
+    def _pick_outcome(self) -> str | None:
+        if self.forced:
+            return self.forced.popleft()
+        faults = self.scenario.faults
+        roll = self._rng.random()
+        for name in _RANDOM_FAULTS:
+            rate = getattr(faults, name)
+            if roll < rate:
+                return name
+            roll -= rate
+        if faults.missing_cost and self._rng.random() < faults.missing_cost:
+            return "missing_cost"
+        return None
+
+    def _reply(
+        self,
+        body: dict[str, Any],
+        model: SimModel,
+        usage: replies.Usage,
+        cost: int,
+        outcome: str | None,
+        finish: str,
+    ) -> dict[str, Any]:
         schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
-        text = _content(schema, visible, self._rng)
-        content: str | None = text
-        refusal = None
-        if finish == "length":
-            content = text[: max(1, int(len(text) * 0.7))]
-        elif outcome == "malformed_json":
-            content = text.replace('":', '"', 1)[:-1]  # a missing colon and closing brace
-        elif outcome == "refusal":
-            content, refusal, visible = None, "I can't help with that request.", 8
-        cost = self.price_usage(model, prompt, cached, visible + reasoning)
-        self.stats.billed_ticks += cost
-        self.stats.paid_by_prompt[prompt_key(messages)] += 1
-        due = self._clock() + self.scenario.billing_lag_s * self.scenario.latency.time_scale
-        self._unsettled.append((due, cost))
+        text, refusal = replies.spoil(
+            replies.content(schema, usage.visible, self._rng), outcome, finish
+        )
+        billing: dict[str, Any] = {} if outcome == "missing_cost" else {"cost_in_usd_ticks": cost}
         return {
             "id": f"sim-{self.stats.chat_requests}",
             "object": "chat.completion",
@@ -301,28 +350,28 @@ class XaiSimulator:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": refusal},
+                    "message": {"role": "assistant", "content": text, "refusal": refusal},
                     "finish_reason": finish,
                 }
             ],
             "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": visible,
-                "total_tokens": prompt + visible + reasoning,
+                "prompt_tokens": usage.prompt,
+                "completion_tokens": usage.visible,
+                "total_tokens": usage.total,
                 "prompt_tokens_details": {
-                    "text_tokens": prompt,
-                    "cached_tokens": cached,
+                    "text_tokens": usage.prompt,
+                    "cached_tokens": usage.cached,
                     "audio_tokens": 0,
                     "image_tokens": 0,
                 },
                 "completion_tokens_details": {
-                    "reasoning_tokens": reasoning,
+                    "reasoning_tokens": usage.reasoning,
                     "audio_tokens": 0,
                     "accepted_prediction_tokens": 0,
                     "rejected_prediction_tokens": 0,
                 },
                 "num_sources_used": 0,
-                "cost_in_usd_ticks": cost,
+                **billing,
             },
         }
 
@@ -337,86 +386,10 @@ class XaiSimulator:
         self.stats.answered.append((self._clock(), name))
         return response
 
-    # -- other endpoints --------------------------------------------------------------------------
+    # -- refusals ---------------------------------------------------------------------------------
 
     def _listed(self) -> list[SimModel]:
         return [m for m in self.scenario.models if m.listed]
-
-    @staticmethod
-    def _model_entry(model: SimModel) -> dict[str, Any]:
-        return {
-            "id": model.id,
-            "fingerprint": model.fingerprint,
-            "created": 1_767_225_600,
-            "object": "model",
-            "owned_by": "xai",
-            "version": model.version,
-            "input_modalities": ["text"],
-            "output_modalities": ["text"],
-            "prompt_text_token_price": model.ticks_per_token("input"),
-            "cached_prompt_text_token_price": model.ticks_per_token("cached_input"),
-            "prompt_image_token_price": 0,
-            "completion_text_token_price": model.ticks_per_token("output"),
-            "search_price": 0,
-            "aliases": model.aliases,
-        }
-
-    def _api_key(self) -> dict[str, Any]:
-        return {
-            "redacted_api_key": _mask(self.scenario.api_key),
-            "user_id": "sim-user",
-            "name": "knrun simulator key",
-            "create_time": "2026-01-01T00:00:00Z",
-            "modify_time": "2026-01-01T00:00:00Z",
-            "modified_by": "sim-user",
-            "team_id": self.scenario.team_id,
-            "acls": ["api-key:model:*", "api-key:endpoint:*"],
-            "api_key_id": "sim-key-id",
-            "team_blocked": False,
-            "api_key_blocked": False,
-            "api_key_disabled": False,
-        }
-
-    def _management(self, request: Request, path: str) -> Response:
-        if request.bearer() != self.scenario.management_key:
-            return _error(401, "unauthenticated", "Invalid management key")
-        match = _BALANCE.match(path) or _LIMITS.match(path)
-        if request.method != "GET" or match is None:
-            return _error(404, "not-found", f"No handler for {request.method} {path}")
-        if match["team"] != self.scenario.team_id:
-            return _error(403, "permission-denied", "The management key cannot access this team")
-        if match.re is _LIMITS:
-            cents = str(int(self.scenario.spending_limit_usd * 100))
-            return Response.json(
-                200,
-                {
-                    "spendingLimits": {
-                        "effectiveSl": {"val": cents},
-                        "effectiveHardSl": {"val": cents},
-                    }
-                },
-            )
-        balance_cents = self.settled_balance_ticks() // TICKS_PER_CENT
-        purchased = self.purchased_ticks // TICKS_PER_CENT
-        team = self.scenario.team_id
-        return Response.json(
-            200,
-            {
-                "changes": [
-                    {
-                        "teamId": team,
-                        "changeOrigin": "PURCHASE",
-                        "amount": {"val": str(-purchased)},
-                    },
-                    {
-                        "teamId": team,
-                        "changeOrigin": "SPEND",
-                        "amount": {"val": str(purchased - balance_cents)},
-                    },
-                ],
-                "total": {"val": str(-balance_cents)},
-            },
-        )
 
     def _model_missing(self, name: str) -> Response:
         return _error(
@@ -426,31 +399,57 @@ class XaiSimulator:
             f"{self.scenario.team_id} does not have access to it.",
         )
 
-    def _rate_limited(self, model: str) -> Response:
+    def _rate_limited(self, message: str) -> Response:
         retry = self.scenario.faults.retry_after_s
-        headers = (
-            {}
-            if retry is None
-            else {"retry-after": f"{retry * self.scenario.latency.time_scale:g}"}
-        )
-        return _error(
-            429,
-            "resource-exhausted",
-            f"Too many requests for team {self.scenario.team_id} "
-            f"and model {model}. Requests per Minute (actual/limit): 481/480.",
-            headers,
-        )
+        scale = self.scenario.latency.time_scale
+        headers = {} if retry is None else {"retry-after": f"{retry * scale:g}"}
+        return _error(429, "resource-exhausted", message, headers)
 
-    def _credit_exhausted(self) -> Response:
-        status = self.scenario.credit_exhausted_status
-        code = "resource-exhausted" if status == 429 else "permission-denied"
-        return _error(
-            status,
-            code,
-            f"Your team {self.scenario.team_id} has either used all "
-            "available credits or reached its monthly spending limit. To continue making "
-            "API requests, please purchase more credits or raise your spending limit.",
-        )
+
+def _rate_text(sim: XaiSimulator, model: str) -> str:
+    """The text of a 429 injected beyond the windows (a busy shared cluster, say)."""
+    return (
+        f"Too many requests for team {sim.scenario.team_id} and model {model}. "
+        "Requests per Second (actual/limit): 31/30."
+    )
+
+
+def _parameter_problem(model: SimModel, body: dict[str, Any]) -> str | None:
+    if model.reasoning:
+        for parameter in _REASONING_REJECTS:
+            if parameter in body:
+                camel = re.sub(r"_(\w)", lambda m: m[1].upper(), parameter)
+                return f"Model {model.id} does not support parameter {camel}."
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if not model.efforts:
+            return f"Model {model.id} does not support parameter reasoningEffort."
+        if effort not in model.efforts:
+            return f"Argument not supported: reasoning_effort={effort}"
+    return None
+
+
+def _model_entry(model: SimModel) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "fingerprint": model.fingerprint,
+        "created": 1_767_225_600,
+        "object": "model",
+        "owned_by": "xai",
+        "version": model.version,
+        "input_modalities": ["text"],
+        "output_modalities": ["text"],
+        "prompt_text_token_price": model.ticks_per_token("input"),
+        "cached_prompt_text_token_price": model.ticks_per_token("cached_input"),
+        "prompt_image_token_price": 0,
+        "completion_text_token_price": model.ticks_per_token("output"),
+        "long_context_threshold": model.long_context_threshold,
+        "prompt_text_token_price_long_context": model.ticks_per_token("input_long"),
+        "cached_prompt_text_token_price_long_context": model.ticks_per_token("cached_input_long"),
+        "completion_text_token_price_long_context": model.ticks_per_token("output_long"),
+        "search_price": 0,
+        "aliases": model.aliases,
+    }
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -459,44 +458,3 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 def _mask(key: str) -> str:
     return f"{key[:2]}***{key[-2:]}" if len(key) > 4 else "***"
-
-
-def _tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
-
-
-def _filler(size: int = 1 << 16) -> str:
-    rng = random.Random(0)  # noqa: S311 - filler text, not secrets
-    words: list[str] = []
-    length = 0
-    while length < size:
-        word = rng.choice(_WORDS)
-        words.append(word)
-        length += len(word) + 1
-    return " ".join(words)
-
-
-_FILLER = _filler()
-
-
-def _content(schema: Any, visible_tokens: int, rng: random.Random) -> str:
-    """A JSON object that fits the schema, about `visible_tokens` long (4 characters a token).
-    Text is cut from a prepared filler, so the simulator stays cheap next to the runner."""
-    properties = (schema or {}).get("properties") or {"text": {"type": "string"}}
-    strings = [name for name, spec in properties.items() if spec.get("type") == "string"]
-    chars_each = min(max(8, visible_tokens * 4 // max(len(strings), 1)), len(_FILLER) // 2)
-    value: dict[str, Any] = {}
-    for name, spec in properties.items():
-        kind = spec.get("type")
-        if kind == "string":
-            start = rng.randrange(len(_FILLER) - chars_each)
-            value[name] = _FILLER[start : start + chars_each].strip() or "text"
-        elif kind == "integer":
-            value[name] = rng.randint(1, 100)
-        elif kind == "number":
-            value[name] = round(rng.random() * 100, 2)
-        elif kind == "boolean":
-            value[name] = rng.random() < 0.5
-        elif kind == "array":
-            value[name] = [rng.choice(_WORDS) for _ in range(3)]
-    return json.dumps(value)
