@@ -30,7 +30,7 @@ def test_import_migrate_status_round_trip(project: Path, units_file: Path) -> No
     code, out, _ = knrun("db", "import", str(units_file))
     assert code == 0 and "30 rows" in out
     code, out, _ = knrun("db", "migrate")
-    assert code == 0 and "added 20 column(s)" in out
+    assert code == 0 and "added 22 column(s)" in out
     code, out, _ = knrun("db", "migrate")
     assert code == 0 and "already up to date" in out
     code, out, _ = knrun("status", "--json")
@@ -62,9 +62,7 @@ def test_a_malformed_job_file_is_one_line_and_exit_2(project: Path) -> None:
 
 def test_an_unknown_model_in_the_job_is_one_line_and_exit_2(project: Path) -> None:
     job = project / "prompts" / "kn-1.6.toml"
-    job.write_text(
-        job.read_text().replace('model = "grok-4-1-fast-reasoning"', 'model = "grok-3-fast"')
-    )
+    job.write_text(job.read_text().replace('model = "grok-4.3"', 'model = "grok-3-fast"'))
     code, _, err = knrun("pricing", "show")
     assert code == 2
     assert "model 'grok-3-fast' is listed as retired" in one_line_error(err)
@@ -113,7 +111,7 @@ def test_import_refuses_a_d1_store(
 def test_pricing_show_marks_the_jobs_model(project: Path) -> None:
     code, out, _ = knrun("pricing", "show")
     assert code == 0
-    assert "* grok-4-1-fast-reasoning" in out and "retired (refused): grok-3-fast" in out
+    assert "* grok-4.3" in out and "retired (refused): grok-3, grok-3-fast" in out
 
 
 def test_version(project: Path) -> None:

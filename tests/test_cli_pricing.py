@@ -44,17 +44,17 @@ def test_check_passes_when_prices_match_and_are_fresh(
     code, out, err = knrun("pricing", "check")
     assert code == 0, err
     assert "matches the live list" in out
-    assert "grok-4-1-fast-reasoning" in out and "DIFFERS" not in out
+    assert "grok-4.3" in out and "DIFFERS" not in out
 
 
 def test_check_fails_naming_the_model_and_both_prices_when_the_file_is_66x_low(
     fresh_pricing: Path, xai_server: XaiSimulator
 ) -> None:
     # The incident: the script's constants were 6.6x below what was billed.
-    set_price(fresh_pricing, "grok-4-1-fast-reasoning", "output", "0.0758")
+    set_price(fresh_pricing, "grok-4.3", "output", "0.3788")
     code, out, err = knrun("pricing", "check")
     assert code == 2
-    expected = "grok-4-1-fast-reasoning output: pricing.toml says $0.0758/M, live $0.50/M (6.6x)"
+    expected = "grok-4.3 output: pricing.toml says $0.3788/M, live $2.50/M (6.6x)"
     assert f"FAIL: {expected}" in out
     assert "knrun pricing sync" in err
 
@@ -63,7 +63,7 @@ def test_check_fails_when_the_jobs_model_is_retired(
     fresh_pricing: Path, xai_server: XaiSimulator
 ) -> None:
     job = Path("prompts/kn-1.6.toml")
-    text = job.read_text().replace('model = "grok-4-1-fast-reasoning"', 'model = "grok-3-fast"')
+    text = job.read_text().replace('model = "grok-4.3"', 'model = "grok-3-fast"')
     job.write_text(text)
     code, out, _ = knrun("pricing", "check")
     assert code == 2
@@ -89,18 +89,18 @@ def test_sync_writes_live_prices_and_today_keeping_comments(
     project: Path, xai_server: XaiSimulator
 ) -> None:
     path = project / "pricing.toml"
-    set_price(path, "grok-4-1-fast-reasoning", "output", "0.0758")
+    set_price(path, "grok-4.3", "output", "0.3788")
     code, out, _ = knrun("pricing", "sync", "--dry-run")
-    assert code == 0 and "-output = 0.0758" in out and "+output = 0.5" in out
-    assert "0.0758" in path.read_text()  # dry run wrote nothing
+    assert code == 0 and "-output = 0.3788" in out and "+output = 2.5" in out
+    assert "0.3788" in path.read_text()  # dry run wrote nothing
     code, out, _ = knrun("pricing", "sync")
-    assert code == 0 and "updated grok-4-1-fast-reasoning" in out
+    assert code == 0 and "updated grok-4.3" in out
     text = path.read_text()
-    assert "# Still accepted by the API at legacy prices" in text  # comments survive
+    assert "# grok-3-fast was still accepted by the API at legacy prices" in text  # comments
     table = load_pricing(path)
-    fast = table.models["grok-4-1-fast-reasoning"]
-    assert str(fast.output) == "0.5" and fast.verified_at == TODAY
-    assert str(fast.batch_output) == "0.25"  # not on the live list: kept as written
+    grok = table.models["grok-4.3"]
+    assert str(grok.output) == "2.5" and grok.verified_at == TODAY
+    assert str(grok.batch_output) == "2.00"  # not on the live list: kept as written
     assert "grok-3-fast" in table.retired
     assert knrun("pricing", "check")[0] == 0
     code, out, _ = knrun("pricing", "sync")
@@ -112,9 +112,22 @@ def test_sync_adds_the_jobs_model_when_it_is_live_but_missing(
 ) -> None:
     path = project / "pricing.toml"
     text = path.read_text()
-    path.write_text(re.sub(r'\[models\."grok-4-1-fast-reasoning"\][^\[]*', "", text))
+    path.write_text(re.sub(r'\[models\."grok-4\.3"\][^\[]*', "", text))
     assert knrun("pricing", "show")[0] == 2
     code, out, _ = knrun("pricing", "sync")
-    assert code == 0 and "added grok-4-1-fast-reasoning" in out
-    assert load_pricing(path).models["grok-4-1-fast-reasoning"].batch_input is None
+    assert code == 0 and "added grok-4.3" in out
+    added = load_pricing(path).models["grok-4.3"]
+    assert added.batch_input is None
+    assert (added.long_context_threshold, str(added.output_long)) == (200_000, "5.0")
     assert knrun("pricing", "show")[0] == 0
+
+
+def test_check_compares_the_long_context_tier_too(project: Path, xai_server: XaiSimulator) -> None:
+    path = project / "pricing.toml"
+    set_price(path, "grok-4.3", "output_long", "2.50")
+    code, out, _ = knrun("pricing", "check")
+    assert code == 2 and "grok-4.3 output_long: pricing.toml says $2.50/M, live $5.00/M" in out
+    set_price(path, "grok-4.3", "long_context_threshold", "128000")
+    code, out, _ = knrun("pricing", "check")
+    assert "long_context_threshold: pricing.toml says 128,000 tokens, live 200,000" in out
+    assert knrun("pricing", "sync")[0] == 0 and knrun("pricing", "check")[0] == 0

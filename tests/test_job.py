@@ -33,7 +33,7 @@ def write_job(tmp_path: Path, edit: str = "", replace: tuple[str, str] | None = 
 
 
 def test_example_job_loads(job: JobSpec) -> None:
-    assert (job.name, job.version, job.model) == ("kn", "1.6", "grok-4-1-fast-reasoning")
+    assert (job.name, job.version, job.model) == ("kn", "1.6", "grok-4.3")
     assert len(job.outputs) == 6
     assert job.source.where == "status = 'Current' AND restricted_access = 0"
 

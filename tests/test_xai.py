@@ -20,8 +20,10 @@ from knrun.xai import (
     BadRequest,
     BadResponse,
     CreditExhausted,
+    Dropped,
     ModelUnavailable,
-    Network,
+    NotSent,
+    PossiblyBilled,
     PromptTooLong,
     RateLimited,
     ServerError,
@@ -60,8 +62,8 @@ CREDIT = (
     "raise your spending limit."
 )
 RATE = (
-    f"Too many requests for team {TEAM} and model grok-4-1-fast-reasoning. "
-    "Requests per Minute (actual/limit): 2/2."
+    f"Too many requests for team {TEAM} and model grok-4.3. "
+    "Requests per Second (actual/limit): 31/30."
 )
 
 
@@ -77,6 +79,9 @@ RATE = (
         (429, "The model is currently at capacity due to high demand.", RateLimited),
         (429, CREDIT, CreditExhausted),
         (403, CREDIT, CreditExhausted),
+        (402, "Payment required", CreditExhausted),
+        (403, f"Team {TEAM}: billing is suspended until the invoice is paid.", CreditExhausted),
+        (400, "Your licence does not cover this model.", CreditExhausted),
         (
             403,
             f"Your newly created team {TEAM} doesn't have any credits or licenses yet. "
@@ -118,9 +123,33 @@ def test_a_credit_exhausted_429_is_never_a_rate_limit() -> None:
     assert error.exit_code == ExitCode.BREAKER
 
 
-def test_rate_limits_carry_retry_after_when_sent() -> None:
-    assert classify(xai_response(429, RATE, headers={"retry-after": "3"})).retry_after == 3  # type: ignore[attr-defined]
-    assert classify(xai_response(429, RATE)).retry_after is None  # type: ignore[attr-defined]
+def test_rate_limits_carry_retry_after_when_sent_and_the_window_they_name() -> None:
+    limited = classify(xai_response(429, RATE, headers={"retry-after": "3"}))
+    assert isinstance(limited, RateLimited) and limited.retry_after == 3
+    assert limited.window == "second"
+    tokens = classify(
+        xai_response(
+            429,
+            f"Too many tokens for team {TEAM} and model grok-4.3. "
+            "Tokens per Minute (actual/limit): 10000512/10000000.",
+        )
+    )
+    assert isinstance(tokens, RateLimited) and tokens.window == "minute"
+    assert tokens.retry_after is None
+
+
+def test_a_slow_5xx_may_have_been_billed_and_a_fast_one_was_not() -> None:
+    assert type(classify(xai_response(500, "Internal error"), elapsed_s=0.5)) is ServerError
+    slow = classify(xai_response(504, "Gateway timeout"), elapsed_s=95)
+    assert isinstance(slow, PossiblyBilled) and "may have been billed" in str(slow)
+
+
+def test_plain_text_error_bodies_are_read_as_xai_sends_them() -> None:
+    request = httpx.Request("POST", f"{API}/chat/completions")
+    unknown = httpx.Response(400, text="Model not found: grok-9", request=request)
+    assert type(classify(unknown)) is ModelUnavailable and "grok-9" in str(classify(unknown))
+    body = "Failed to deserialize the JSON body into the target type: missing field `messages`"
+    assert type(classify(httpx.Response(422, text=body, request=request))) is BadRequest
 
 
 @pytest.mark.parametrize(
@@ -170,7 +199,7 @@ def chat_body(**usage_overrides) -> dict:
     } | usage_overrides
     return {
         "id": "x",
-        "model": "grok-4-1-fast-reasoning",
+        "model": "grok-4.3",
         "usage": usage,
         "choices": [
             {
@@ -191,14 +220,20 @@ def client(clock: FakeClock, **overrides) -> XaiClient:
     return XaiClient(**(settings | overrides))
 
 
-async def call_chat(xai: XaiClient, conv_id: str | None = "conv-1"):
+async def call_chat(
+    xai: XaiClient,
+    conv_id: str | None = "conv-1",
+    model: str = "grok-4.3",
+    effort: str | None = None,
+):
     return await xai.chat(
-        model="grok-4-1-fast-reasoning",
+        model=model,
         messages=[{"role": "user", "content": "hi"}],
         temperature=0.3,
         max_completion_tokens=8000,
         response_schema=SCHEMA,
         schema_name="kn_output",
+        reasoning_effort=effort,
         conv_id=conv_id,
     )
 
@@ -215,6 +250,7 @@ async def test_chat_sends_schema_cap_and_conversation_id_and_reads_usage(clock) 
         "json_schema": {"name": "kn_output", "schema": SCHEMA},
     }
     assert "service_tier" not in sent and "stop" not in sent
+    assert "reasoning_effort" not in sent  # sent only when the job sets it
     assert route.calls.last.request.headers["x-grok-conv-id"] == "conv-1"
     assert route.calls.last.request.headers["authorization"] == "Bearer xai-test-key-0123456789"
     assert reply.content == '{"a": "b"}' and reply.finish_reason == "stop"
@@ -236,20 +272,67 @@ async def test_billed_output_is_total_minus_prompt_even_without_reasoning_detail
 
 
 @respx.mock
-async def test_server_errors_and_timeouts_are_retried_a_bounded_number_of_times(clock) -> None:
+async def test_only_what_never_reached_xai_is_retried_a_bounded_number_of_times(clock) -> None:
     route = respx.post(f"{API}/chat/completions")
     route.side_effect = [
         httpx.Response(503, json={"code": "u", "error": "unavailable"}),
-        httpx.ReadTimeout("slow"),
+        httpx.ConnectError("refused"),
         httpx.Response(200, json=chat_body()),
     ]
     xai = client(clock)
     assert (await call_chat(xai)).usage.billed_ticks == 17_264_000
     assert route.call_count == 3
     route.side_effect = httpx.ConnectError("down")
-    with pytest.raises(Network):
+    with pytest.raises(NotSent):
         await call_chat(xai)
     assert route.call_count == 3 + 3
+    await xai.aclose()
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (httpx.ReadTimeout("slow"), Timeout),
+        (httpx.RemoteProtocolError("peer closed connection"), Dropped),
+        (httpx.ReadError("connection reset"), Dropped),
+    ],
+)
+@respx.mock
+async def test_a_request_that_was_sent_is_never_sent_again(clock, failure, expected) -> None:
+    route = respx.post(f"{API}/chat/completions")
+    route.side_effect = [failure, httpx.Response(200, json=chat_body())]
+    xai = client(clock)
+    with pytest.raises(expected) as raised:
+        await call_chat(xai)
+    assert isinstance(raised.value, PossiblyBilled)
+    assert route.call_count == 1  # xAI may be computing (and billing) it still
+    await xai.aclose()
+
+
+@respx.mock
+async def test_reads_that_cost_nothing_are_retried_after_a_timeout(clock) -> None:
+    route = respx.get(f"{API}/language-models")
+    route.side_effect = [httpx.ReadTimeout("slow"), httpx.Response(200, json={"models": []})]
+    xai = client(clock)
+    assert await xai.language_models() == []
+    assert route.call_count == 2
+    await xai.aclose()
+
+
+@respx.mock
+async def test_reasoning_effort_is_sent_when_set_and_rate_headers_are_read(clock) -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "30",
+        "x-ratelimit-remaining-requests": "12",
+        "x-ratelimit-limit-tokens": "10000000",
+        "x-ratelimit-remaining-tokens": "9870000",
+    }
+    route = respx.post(f"{API}/chat/completions").respond(200, json=chat_body(), headers=headers)
+    xai = client(clock)
+    reply = await call_chat(xai, effort="medium")
+    assert json.loads(route.calls.last.request.content)["reasoning_effort"] == "medium"
+    assert reply.rate is not None and reply.rate.remaining_requests == 12
+    assert reply.rate.limit_tokens == 10_000_000
     await xai.aclose()
 
 
@@ -318,14 +401,34 @@ def sim_client(sim: XaiSimulator, clock: FakeClock, management: bool = True) -> 
 async def test_live_models_convert_prices_and_hide_retired_models(sim, clock) -> None:
     xai = sim_client(sim, clock)
     models = await xai.language_models()
-    fast = find_live(models, "grok-4-1-fast")  # by alias
-    assert fast is not None and fast.id == "grok-4-1-fast-reasoning"
-    assert (fast.input, fast.cached_input, fast.output) == (
+    current = find_live(models, "grok-4.3-latest")  # by alias
+    assert current is not None and current.id == "grok-4.3"
+    assert (current.input, current.cached_input, current.output) == (
+        Decimal("1.25"),
         Decimal("0.2"),
-        Decimal("0.05"),
-        Decimal("0.5"),
+        Decimal("2.5"),
     )
+    assert current.long_context_threshold == 200_000 and current.output_long == Decimal(5)
     assert find_live(models, "grok-3-fast") is None  # still served, but off the list
+    assert find_live(models, "grok-4-1-fast-reasoning") is None  # retired 2026-05-15
+    await xai.aclose()
+
+
+async def test_models_retired_in_may_2026_no_longer_answer(sim, clock) -> None:
+    xai = sim_client(sim, clock)
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        await call_chat(xai, model="grok-4-1-fast-reasoning")
+    assert sim.stats.billed_ticks == 0
+    await xai.aclose()
+
+
+async def test_grok_4_20_refuses_reasoning_effort_and_grok_4_3_takes_it(sim, clock) -> None:
+    xai = sim_client(sim, clock)
+    with pytest.raises(BadRequest, match="does not support parameter reasoningEffort"):
+        await call_chat(xai, model="grok-4.20-0309-reasoning", effort="low")
+    low = await call_chat(xai, effort="low")
+    high = await call_chat(xai, effort="high")
+    assert high.usage.reasoning_tokens > 2 * low.usage.reasoning_tokens
     await xai.aclose()
 
 
@@ -376,13 +479,20 @@ async def test_balance_needs_the_management_key(sim, clock) -> None:
     await xai.aclose()
 
 
-async def test_pricing_and_the_simulator_bill_the_same_usage_to_the_tick(sim, clock) -> None:
-    pricing = load_pricing(EXAMPLE_PRICING).price_for("grok-4-1-fast-reasoning")
+@pytest.mark.parametrize("system_chars", [4000, 4 * 200_000])  # standard, then long context
+async def test_pricing_and_the_simulator_bill_the_same_usage_to_the_tick(
+    sim, clock, system_chars
+) -> None:
+    sim.balance_ticks = 10**12
+    pricing = load_pricing(EXAMPLE_PRICING).price_for("grok-4.3")
     xai = sim_client(sim, clock)
-    messages = [{"role": "system", "content": "s" * 4000}, {"role": "user", "content": "u" * 800}]
+    messages = [
+        {"role": "system", "content": "s" * system_chars},
+        {"role": "user", "content": "u" * 800},
+    ]
     for _ in range(2):  # the second call hits the prompt cache through the conversation id
         reply = await xai.chat(
-            model="grok-4-1-fast-reasoning",
+            model="grok-4.3",
             messages=messages,
             temperature=0.3,
             max_completion_tokens=8000,
@@ -391,7 +501,8 @@ async def test_pricing_and_the_simulator_bill_the_same_usage_to_the_tick(sim, cl
             conv_id="conv",
         )
     usage = reply.usage
-    assert usage.cached_tokens == 1000 and usage.reasoning_tokens > 0
+    assert usage.cached_tokens == system_chars // 4 and usage.reasoning_tokens > 0
+    assert pricing.is_long(usage.prompt_tokens) == (system_chars > 4000)
     assert pricing.cost_ticks(usage) == usage.billed_ticks
     await xai.aclose()
 
@@ -402,13 +513,10 @@ async def test_reasoning_models_reject_penalties_like_the_real_api(sim, clock) -
             "/chat/completions",
             headers={"authorization": f"Bearer {sim.scenario.api_key}"},
             json={
-                "model": "grok-4-1-fast-reasoning",
+                "model": "grok-4.3",
                 "presence_penalty": 0.5,
                 "messages": [{"role": "user", "content": "x"}],
             },
         )
     assert reply.status_code == 400
-    assert (
-        reply.json()["error"]
-        == "Model grok-4-1-fast-reasoning does not support parameter presencePenalty."
-    )
+    assert reply.json()["error"] == "Model grok-4.3 does not support parameter presencePenalty."

@@ -135,7 +135,11 @@ class JobSpec(_Strict):
     model: Annotated[str, Field(min_length=1)]
     temperature: float = Field(default=0.3, ge=0, le=2)
     max_output_tokens: int = Field(default=8000, gt=0)
-    timeout_s: float = Field(default=120, gt=0)
+    # Reasoning models can think for minutes, and a request given up on is still billed: wait.
+    timeout_s: float = Field(default=600, gt=0)
+    # Sent only when set (grok-4.20 and older refuse the parameter; grok-4.5/4.6 default to
+    # "high", the dearest). Which values a model takes is the provider's business: not checked.
+    reasoning_effort: Annotated[str, Field(min_length=1, max_length=16)] | None = None
     source: Source
     outputs: list[OutputField] = Field(min_length=1)
     prompt: Prompt
@@ -199,6 +203,21 @@ class JobSpec(_Strict):
     def prompt_hash(self) -> str:
         """Changes with any edit that changes what is sent or which rows are processed."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @cached_property
+    def request_hash(self) -> str:
+        """Changes only with what is sent to the model: a failure that depends on the request
+        (truncated, refused, off-schema, too long) is worth retrying only once this changes."""
+        sent = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_output_tokens": self.max_output_tokens,
+            "reasoning_effort": self.reasoning_effort,
+            "prompt": self.prompt.model_dump(),
+            "schema": self.response_schema,
+        }
+        canonical = json.dumps(sent, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @cached_property

@@ -21,6 +21,14 @@ from knrun.xai import LiveModel, find_live
 TOLERANCE = Decimal("0.01")  # 1%
 MAX_AGE_DAYS = 7
 LIVE_KINDS = ("input", "cached_input", "output")  # the live list has no batch prices
+LONG_KINDS = ("input_long", "cached_input_long", "output_long")
+
+
+def compared_kinds(price: ModelPrice, live: LiveModel) -> tuple[str, ...]:
+    """The prices to compare: long-context ones too when either side has that tier."""
+    if live.long_context_threshold or price.long_context_threshold:
+        return LIVE_KINDS + LONG_KINDS
+    return LIVE_KINDS
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,18 @@ def check_prices(
                 result.notes.append(f"{name}: not on the live list (retired? add it to [retired])")
             continue
         checked.add(name)
-        for kind in LIVE_KINDS:
-            file_value, live_value = getattr(price, kind), getattr(live_model, kind)
+        if price.long_context_threshold != live_model.long_context_threshold:
+            result.found.append(
+                (
+                    name,
+                    f"{name} long_context_threshold: {pricing.path} says "
+                    f"{price.long_context_threshold:,} tokens, live "
+                    f"{live_model.long_context_threshold:,} (0 = no long-context tier)",
+                )
+            )
+        for kind in compared_kinds(price, live_model):
+            file_value = getattr(price, kind) or Decimal(0)
+            live_value = getattr(live_model, kind)
             ok = not differs(file_value, live_value)
             result.rows.append(PriceRow(name, kind, file_value, live_value, ok))
             if not ok:
@@ -197,12 +215,21 @@ def _write_prices(
     """Set the live prices that differ (so unchanged lines stay as written) and the date.
     Returns whether any price changed."""
     changed = False
-    for kind in LIVE_KINDS:
+    kinds = LIVE_KINDS + LONG_KINDS if live.long_context_threshold else LIVE_KINDS
+    for kind in kinds:
         value = getattr(live, kind)
         if current is None or getattr(current, kind) != value:
             # At most 4 decimals, which a float prints back exactly ("0.2", "0.05").
             entry[kind] = float(value)
             changed = True
+    had_tier = current is not None and current.long_context_threshold
+    if live.long_context_threshold or had_tier:
+        if current is None or current.long_context_threshold != live.long_context_threshold:
+            entry["long_context_threshold"] = live.long_context_threshold
+            changed = True
+        if not live.long_context_threshold:  # the tier is gone: so are its prices
+            for kind in LONG_KINDS:
+                entry.pop(kind, None)
     if changed:
         entry["source"] = source
     entry["verified_at"] = today

@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from knrun.errors import ConfigError
 from knrun.tomlfile import problems, read_toml
@@ -22,7 +22,21 @@ from knrun.tomlfile import problems, read_toml
 TICKS_PER_USD = 10**10
 TICKS_PER_TOKEN_PER_USD_PER_M = 10**10 // 10**6  # $1 per 1M tokens = 10,000 ticks per token
 
-PriceKind = Literal["input", "cached_input", "output", "batch_input", "batch_output"]
+PriceKind = Literal[
+    "input",
+    "cached_input",
+    "output",
+    "batch_input",
+    "batch_output",
+    "input_long",
+    "cached_input_long",
+    "output_long",
+]
+LONG_KINDS: tuple[PriceKind, PriceKind, PriceKind] = (
+    "input_long",
+    "cached_input_long",
+    "output_long",
+)
 
 
 def usd_to_ticks(usd: Decimal) -> int:
@@ -83,6 +97,12 @@ class ModelPrice:
     verified_at: date
     # Only "xai" models are checked against xAI's live list; others are there for comparison.
     provider: str = "xai"
+    # A request whose prompt has at least this many tokens is billed at the *_long prices for
+    # all its tokens (0: the model has no long-context tier).
+    long_context_threshold: int = 0
+    input_long: Decimal | None = None
+    cached_input_long: Decimal | None = None
+    output_long: Decimal | None = None
 
     def ticks_per_token(self, kind: PriceKind) -> Decimal:
         price = getattr(self, kind)
@@ -90,20 +110,33 @@ class ModelPrice:
             raise ConfigError(f"pricing.toml: {self.model}: no {kind} price")
         return Decimal(price) * TICKS_PER_TOKEN_PER_USD_PER_M
 
+    def is_long(self, prompt_tokens: int) -> bool:
+        return 0 < self.long_context_threshold <= prompt_tokens
+
     def cost_ticks(self, usage: Usage) -> int:
-        """What a standard (non-batch) request with this usage costs, the way xAI bills it."""
+        """What a standard (non-batch) request with this usage costs, the way xAI bills it: a
+        prompt past the long-context threshold puts every token at the long-context rate."""
+        kinds: tuple[PriceKind, PriceKind, PriceKind] = (
+            LONG_KINDS if self.is_long(usage.prompt_tokens) else ("input", "cached_input", "output")
+        )
         exact = (
-            usage.uncached_prompt_tokens * self.ticks_per_token("input")
-            + usage.cached_tokens * self.ticks_per_token("cached_input")
-            + usage.output_tokens * self.ticks_per_token("output")
+            usage.uncached_prompt_tokens * self.ticks_per_token(kinds[0])
+            + usage.cached_tokens * self.ticks_per_token(kinds[1])
+            + usage.output_tokens * self.ticks_per_token(kinds[2])
         )
         return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
-    def estimate_ticks(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> int:
-        """Cost of a workload with no cache hits (estimates stay on the safe side)."""
+    def estimate_ticks(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, per_request: int = 0
+    ) -> int:
+        """Cost of a workload with no cache hits (estimates stay on the safe side).
+        `per_request`: prompt tokens of one request, to tell whether the long-context rate
+        applies (0: not known, standard rate)."""
         kinds: tuple[PriceKind, PriceKind] = (
             ("batch_input", "batch_output") if batch else ("input", "output")
         )
+        if not batch and self.is_long(per_request):
+            kinds = ("input_long", "output_long")
         exact = input_tokens * self.ticks_per_token(
             kinds[0]
         ) + output_tokens * self.ticks_per_token(kinds[1])
@@ -115,10 +148,12 @@ class ModelPrice:
 
     def fingerprint(self) -> str:
         """Changes when any of this model's prices change (not when only the date does)."""
-        parts = [self.model] + [
-            str(getattr(self, kind))
-            for kind in ("input", "cached_input", "output", "batch_input", "batch_output")
-        ]
+        kinds = ("input", "cached_input", "output", "batch_input", "batch_output")
+        parts = [self.model] + [str(getattr(self, kind)) for kind in kinds]
+        if self.long_context_threshold:  # only then, so older receipts stay valid
+            parts += [str(self.long_context_threshold)] + [
+                str(getattr(self, k)) for k in LONG_KINDS
+            ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -133,6 +168,22 @@ class _PriceEntry(BaseModel):
     source: str = Field(min_length=1)
     verified_at: date
     provider: str = "xai"
+    long_context_threshold: int = Field(default=0, ge=0)
+    input_long: Decimal | None = Field(default=None, ge=0)
+    cached_input_long: Decimal | None = Field(default=None, ge=0)
+    output_long: Decimal | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _long_prices(self) -> _PriceEntry:
+        if self.long_context_threshold and None in (
+            self.input_long,
+            self.cached_input_long,
+            self.output_long,
+        ):
+            raise ValueError(
+                "long_context_threshold needs input_long, cached_input_long and output_long"
+            )
+        return self
 
 
 class _Retired(BaseModel):

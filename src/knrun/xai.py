@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import json
 import random
+import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +32,7 @@ from knrun.httputil import json_body, parse_retry_after, redact, text_excerpt
 from knrun.pricing import Usage, usd_per_m_from_live
 
 TICKS_PER_CENT = 10**8
+CONNECT_TIMEOUT_S = 10.0
 
 # -- errors ---------------------------------------------------------------------------------------
 
@@ -43,15 +46,19 @@ class XaiError(KnrunError):
 
 
 class RateLimited(XaiError):
-    """Slow down: the runner pauses every worker, then resumes."""
+    """Slow down. `window` is "second" or "minute" when the message names one."""
 
-    def __init__(self, message: str, status: int | None, retry_after: float | None) -> None:
+    def __init__(
+        self, message: str, status: int | None, retry_after: float | None, window: str | None
+    ) -> None:
         super().__init__(message, status)
         self.retry_after = retry_after
+        self.window = window
 
 
 class CreditExhausted(XaiError):
-    """Out of prepaid credit or over the monthly spending limit: stop the run at once."""
+    """Out of prepaid credit, over the monthly spending limit, or no credit or licence at all:
+    stop the run at once."""
 
     exit_code = ExitCode.BREAKER
 
@@ -74,25 +81,42 @@ class BadRequest(XaiError):
     pass
 
 
-class BadResponse(XaiError):
-    """A 2xx reply knrun cannot read. It may have been billed, so it is never repeated."""
+class NotSent(XaiError):
+    """The request provably never reached xAI (no connection, or the body was not fully sent):
+    nothing can have been billed, so sending it again is safe."""
 
 
 class ServerError(XaiError):
+    """A 5xx answered quickly: the request was refused before any work, so it is retried."""
+
+
+class PossiblyBilled(XaiError):
+    """The request reached xAI and no usable reply came back: xAI bills every request it
+    computes, even one the client gave up on, so it may have been billed. Never resent blindly;
+    counted at its worst case."""
+
+
+class Timeout(PossiblyBilled):
     pass
 
 
-class Timeout(XaiError):
-    pass
+class Dropped(PossiblyBilled):
+    """The connection failed after the request was sent, or a slow 5xx came back."""
 
 
-class Network(XaiError):
-    pass
+class BadResponse(PossiblyBilled):
+    """A 2xx reply knrun cannot read (no usage): billed, by an amount nobody told us."""
 
 
-RETRYABLE = (ServerError, Timeout, Network)
+# Chat requests are retried only when they provably cost nothing.
+RETRYABLE_CHAT = (NotSent, ServerError)
+# Reads (model list, balance, api-key) cost nothing: any passing trouble is worth retrying.
+RETRYABLE_READ = (NotSent, ServerError, Timeout, Dropped)
+# A 5xx slower than this may have come after the model did the work.
+FAST_5XX_S = 10.0
 
-_CREDIT = ("used all available credits", "monthly spending limit", "any credits")
+# "Out of money" in every wording seen: credits, billing, payment, licences; 402 too.
+_CREDIT = re.compile(r"credit|billing|payment|licen[cs]e|spending limit", re.IGNORECASE)
 _AUTH = (
     "incorrect api key",
     "invalid api key",
@@ -103,11 +127,15 @@ _AUTH = (
 )
 _MODEL = ("does not exist", "model not found")
 _TOO_LONG = ("maximum prompt length", "input_too_large", "prompt is too long")
-_RATE = ("too many requests", "rate limit", "at capacity")
+_RATE = ("too many requests", "too many tokens", "rate limit", "at capacity")
+_WINDOW = re.compile(r"per (second|minute)", re.IGNORECASE)
 
 
-def classify(response: httpx.Response, *, secrets: Sequence[str] = ()) -> XaiError:
-    """The error class for a failed response, JSON or not (proxies send HTML pages)."""
+def classify(
+    response: httpx.Response, *, secrets: Sequence[str] = (), elapsed_s: float = 0.0
+) -> XaiError:
+    """The error class for a failed response, JSON or not (proxies send HTML pages, and xAI
+    answers some 400s and 422s in plain text)."""
     status = response.status_code
     body = json_body(response)
     message = ""
@@ -119,7 +147,7 @@ def classify(response: httpx.Response, *, secrets: Sequence[str] = ()) -> XaiErr
     message = redact(message or text_excerpt(response) or response.reason_phrase, secrets)
     text = f"xAI HTTP {status}: {message}"
     lowered = message.lower()
-    if any(fragment in lowered for fragment in _CREDIT):
+    if status == 402 or _CREDIT.search(message):
         return CreditExhausted(text, status)
     if any(fragment in lowered for fragment in _AUTH) or status == 401:
         return AuthFailed(text, status)
@@ -128,7 +156,9 @@ def classify(response: httpx.Response, *, secrets: Sequence[str] = ()) -> XaiErr
     if any(fragment in lowered for fragment in _TOO_LONG):
         return PromptTooLong(text, status)
     if status == 429 or any(fragment in lowered for fragment in _RATE):
-        return RateLimited(text, status, parse_retry_after(response.headers.get("retry-after")))
+        window = _WINDOW.search(message)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimited(text, status, retry_after, window[1].lower() if window else None)
     if status == 403:
         return AuthFailed(text, status)  # blocked team or key, or a missing permission
     if status == 404:
@@ -136,11 +166,32 @@ def classify(response: httpx.Response, *, secrets: Sequence[str] = ()) -> XaiErr
     if status == 408:
         return Timeout(text, status)
     if status >= 500:
+        if elapsed_s > FAST_5XX_S:
+            return Dropped(f"{text} (after {elapsed_s:.0f} s: it may have been billed)", status)
         return ServerError(text, status)
     return BadRequest(text, status)
 
 
 # -- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateHeaders:
+    """The `x-ratelimit-*` headers of a successful reply (observed live, not documented)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+
+    @classmethod
+    def read(cls, headers: httpx.Headers) -> RateHeaders | None:
+        values = {}
+        for name in ("limit-requests", "remaining-requests", "limit-tokens", "remaining-tokens"):
+            raw = headers.get(f"x-ratelimit-{name}")
+            with contextlib.suppress(TypeError, ValueError):
+                values[name.replace("-", "_")] = int(float(raw))
+        return cls(**values) if values else None
 
 
 @dataclass(frozen=True)
@@ -150,6 +201,7 @@ class ChatReply:
     refusal: str | None
     usage: Usage
     model: str
+    rate: RateHeaders | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +215,11 @@ class LiveModel:
     input: Decimal
     cached_input: Decimal
     output: Decimal
+    # A prompt of at least this many tokens is billed at the *_long prices (0: no such tier).
+    long_context_threshold: int = 0
+    input_long: Decimal = Decimal(0)
+    cached_input_long: Decimal = Decimal(0)
+    output_long: Decimal = Decimal(0)
 
     def names(self) -> set[str]:
         return {self.id, *self.aliases}
@@ -185,6 +242,25 @@ class _LiveModelEntry(BaseModel):
     prompt_text_token_price: int = 0
     cached_prompt_text_token_price: int = 0
     completion_text_token_price: int = 0
+    long_context_threshold: int = 0
+    prompt_text_token_price_long_context: int = 0
+    cached_prompt_text_token_price_long_context: int = 0
+    completion_text_token_price_long_context: int = 0
+
+    def to_live(self) -> LiveModel:
+        return LiveModel(
+            id=self.id,
+            aliases=tuple(self.aliases),
+            version=self.version,
+            fingerprint=self.fingerprint,
+            input=usd_per_m_from_live(self.prompt_text_token_price),
+            cached_input=usd_per_m_from_live(self.cached_prompt_text_token_price),
+            output=usd_per_m_from_live(self.completion_text_token_price),
+            long_context_threshold=self.long_context_threshold,
+            input_long=usd_per_m_from_live(self.prompt_text_token_price_long_context),
+            cached_input_long=usd_per_m_from_live(self.cached_prompt_text_token_price_long_context),
+            output_long=usd_per_m_from_live(self.completion_text_token_price_long_context),
+        )
 
 
 def find_live(models: Sequence[LiveModel], name: str) -> LiveModel | None:
@@ -215,14 +291,14 @@ class XaiClient:
         management_transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 50,
         timeout_s: float = 30.0,
-        chat_timeout_s: float = 120.0,
+        chat_timeout_s: float = 600.0,
         retry_attempts: int = 3,
         retry_max_s: float = 300.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._secrets = [key for key in (api_key, management_key) if key is not None]
         tls = httpx.create_ssl_context()  # loaded once, shared by every lane
-        timeout = httpx.Timeout(timeout_s, connect=10.0)
+        timeout = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
         one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         self._lanes = [
             httpx.AsyncClient(
@@ -271,14 +347,16 @@ class XaiClient:
         max_completion_tokens: int,
         response_schema: dict[str, Any],
         schema_name: str,
+        reasoning_effort: str | None = None,
         conv_id: str | None = None,
         timeout_s: float | None = None,
         lane: int = 0,
     ) -> ChatReply:
-        """One chat completion with a JSON-Schema response format. Retries server errors,
-        timeouts and network failures (bounded); raises everything else to the caller.
+        """One chat completion with a JSON-Schema response format. Retried only when the
+        failure proves nothing was billed (no connection; a fast 5xx); a timeout or a dropped
+        connection after sending raises `PossiblyBilled`, never a second request.
         Give each concurrent caller its own `lane`."""
-        body = {
+        body: dict[str, Any] = {
             "model": model,
             "messages": messages,
             "temperature": temperature,
@@ -288,42 +366,41 @@ class XaiClient:
                 "json_schema": {"name": schema_name, "schema": response_schema},
             },
         }
+        if reasoning_effort is not None:  # grok-4.20 and older refuse the parameter outright
+            body["reasoning_effort"] = reasoning_effort
         headers = {"x-grok-conv-id": conv_id} if conv_id else {}
-        timeout = httpx.Timeout(timeout_s or self.chat_timeout_s, connect=10.0)
+        seconds = timeout_s or self.chat_timeout_s
         client = self._lanes[lane % len(self._lanes)]
-        data = await self._request(
-            client, "POST", "/chat/completions", json=body, headers=headers, timeout=timeout
+        response = await self._request(
+            client,
+            "POST",
+            "/chat/completions",
+            retry_on=RETRYABLE_CHAT,
+            deadline_s=seconds,
+            json=body,
+            headers=headers,
+            timeout=httpx.Timeout(seconds, connect=CONNECT_TIMEOUT_S),
         )
-        return _parse_chat(data, model)
+        reply = _parse_chat(_json_of(response, "/chat/completions"), model)
+        rate = RateHeaders.read(response.headers)
+        return reply if rate is None else replace(reply, rate=rate)
 
     async def language_models(self) -> list[LiveModel]:
-        data = await self._request(self._api, "GET", "/language-models")
+        data = await self._read(self._api, "/language-models")
         entries = data.get("models") if isinstance(data, dict) else None
         if not isinstance(entries, list):
-            raise BadResponse("xAI /language-models: no 'models' list in the reply")
+            raise UnreadableReply("xAI /language-models: no 'models' list in the reply")
         try:
-            parsed = [_LiveModelEntry.model_validate(entry) for entry in entries]
+            return [_LiveModelEntry.model_validate(entry).to_live() for entry in entries]
         except ValidationError as exc:
-            raise BadResponse(
+            raise UnreadableReply(
                 f"xAI /language-models: unexpected entry: {exc.errors()[0]['msg']}"
             ) from None
-        return [
-            LiveModel(
-                id=entry.id,
-                aliases=tuple(entry.aliases),
-                version=entry.version,
-                fingerprint=entry.fingerprint,
-                input=usd_per_m_from_live(entry.prompt_text_token_price),
-                cached_input=usd_per_m_from_live(entry.cached_prompt_text_token_price),
-                output=usd_per_m_from_live(entry.completion_text_token_price),
-            )
-            for entry in parsed
-        ]
 
     async def api_key_info(self) -> ApiKeyInfo:
-        data = await self._request(self._api, "GET", "/api-key")
+        data = await self._read(self._api, "/api-key")
         if not isinstance(data, dict) or not data.get("team_id"):
-            raise BadResponse("xAI /api-key: no team_id in the reply")
+            raise UnreadableReply("xAI /api-key: no team_id in the reply")
         blocked = any(
             data.get(flag) for flag in ("team_blocked", "api_key_blocked", "api_key_disabled")
         )
@@ -338,12 +415,11 @@ class XaiClient:
         remaining amount is minus the total, in cents."""
         if self._management is None:
             raise AuthFailed("XAI_MANAGEMENT_KEY is not set: the prepaid balance cannot be read")
-        path = f"/v1/billing/teams/{team_id}/prepaid/balance"
-        data = await self._request(self._management, "GET", path)
+        data = await self._read(self._management, f"/v1/billing/teams/{team_id}/prepaid/balance")
         try:
             cents = int(str(data["total"]["val"]))
         except (KeyError, TypeError, ValueError):
-            raise BadResponse("xAI prepaid balance: no total.val in the reply") from None
+            raise UnreadableReply("xAI prepaid balance: no total.val in the reply") from None
         return -cents * TICKS_PER_CENT
 
     async def spending_limit_ticks(self, team_id: str) -> int | None:
@@ -355,7 +431,7 @@ class XaiClient:
         if self._management is None:
             raise AuthFailed("XAI_MANAGEMENT_KEY is not set: spending limits cannot be read")
         path = f"/v1/billing/teams/{team_id}/postpaid/spending-limits"
-        data = await self._request(self._management, "GET", path)
+        data = await self._read(self._management, path)
         limits = data.get("spendingLimits") if isinstance(data, dict) else None
         values = []
         for key in ("effectiveHardSl", "effectiveSl"):
@@ -367,36 +443,68 @@ class XaiClient:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
+    async def _read(self, client: httpx.AsyncClient, path: str) -> Any:
+        """A GET that costs nothing, so any passing trouble is retried."""
+        response = await self._request(client, "GET", path, retry_on=RETRYABLE_READ)
+        return _json_of(response, path)
+
     async def _request(
-        self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
-    ) -> Any:
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        *,
+        retry_on: tuple[type[XaiError], ...],
+        deadline_s: float | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
         # Nearly every call succeeds first time, so the retry machinery is built only after a
         # retryable failure: back off once, then up to `retry_attempts - 1` more tries.
         try:
-            return await self._send(client, method, path, **kwargs)
-        except RETRYABLE:
+            return await self._send(client, method, path, deadline_s, **kwargs)
+        except retry_on:
             if self._retry_attempts <= 1:
                 raise
         await self._sleep(random.uniform(0, 1))  # noqa: S311 - jitter, not secrets
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry_attempts - 1) | stop_after_delay(self._retry_max_s),
             wait=wait_random_exponential(multiplier=2, max=20),
-            retry=retry_if_exception_type(RETRYABLE),
+            retry=retry_if_exception_type(retry_on),
             sleep=self._sleep,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send(client, method, path, **kwargs)
+                return await self._send(client, method, path, deadline_s, **kwargs)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _send(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        deadline_s: float | None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        started = time.monotonic()
+        # httpx's timeouts bound each read, not the whole reply; the deadline bounds the whole
+        # exchange (and stands in for timeouts with transports that have none, like ASGI).
+        deadline = None if deadline_s is None else deadline_s + CONNECT_TIMEOUT_S
         try:
-            response = await client.request(method, path, **kwargs)
+            async with asyncio.timeout(deadline):
+                response = await client.request(method, path, **kwargs)
+        except TimeoutError:
+            raise Timeout(f"xAI {path}: no reply within {deadline_s:g} s") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise NotSent(f"xAI {path}: could not connect ({type(exc).__name__})") from None
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:
+            raise NotSent(f"xAI {path}: the request was not sent ({type(exc).__name__})") from None
         except httpx.TimeoutException:
             raise Timeout(f"xAI {path}: no reply within the timeout") from None
         except httpx.TransportError as exc:
-            raise Network(f"xAI {path}: network error ({type(exc).__name__})") from None
+            raise Dropped(
+                f"xAI {path}: the connection failed after sending ({type(exc).__name__})"
+            ) from None
         except httpx.InvalidURL as exc:
             raise ConfigError(
                 f"XAI_BASE_URL or XAI_MANAGEMENT_BASE_URL is not a URL: {exc}"
@@ -406,11 +514,21 @@ class XaiClient:
         except httpx.HTTPError as exc:  # too many redirects, and the like
             raise BadRequest(f"xAI {path}: {type(exc).__name__}") from None
         if not response.is_success:
-            raise classify(response, secrets=[key.get_secret_value() for key in self._secrets])
-        data = json_body(response)
-        if data is None:
-            raise BadResponse(f"xAI {path}: reply is not JSON: {text_excerpt(response, 120)}")
-        return data
+            secrets = [key.get_secret_value() for key in self._secrets]
+            raise classify(response, secrets=secrets, elapsed_s=time.monotonic() - started)
+        return response
+
+
+class UnreadableReply(XaiError):
+    """A read-only endpoint answered something knrun cannot use (nothing was billed)."""
+
+
+def _json_of(response: httpx.Response, path: str) -> Any:
+    data = json_body(response)
+    if data is None:
+        problem = f"xAI {path}: reply is not JSON: {text_excerpt(response, 120)}"
+        raise BadResponse(problem) if path == "/chat/completions" else UnreadableReply(problem)
+    return data
 
 
 def _parse_chat(data: Any, requested_model: str) -> ChatReply:
