@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from _common import job, reset, table, units_db
 from knrun.pricing import Usage, load_pricing
 from knrun.runner import RunConfig, Runner
-from knrun.sim.xai import _content
+from knrun.sim.replies import content
 from knrun.spool import Spool
 from knrun.store import SqliteStore
 from knrun.xai import ChatReply, XaiClient
@@ -43,14 +43,14 @@ class CannedXai:
         rng = random.Random(1)
         self._replies = [
             ChatReply(
-                content=_content(spec.response_schema, 900, rng),
+                content=content(spec.response_schema, 900, rng),
                 finish_reason="stop",
                 refusal=None,
                 usage=Usage(
                     prompt_tokens=450,
                     completion_tokens=900,
                     reasoning_tokens=2000,
-                    billed_ticks=450 * 2000 + 2900 * 5000,
+                    billed_ticks=450 * 12_500 + 2900 * 25_000,
                 ),
                 model=spec.model,
             )

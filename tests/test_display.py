@@ -12,6 +12,7 @@ from rich.console import Console
 from knrun import awake
 from knrun.display.live import panel, progress_line
 from knrun.events import RunState
+from knrun.store.types import Money
 
 USD = 10**10
 
@@ -20,8 +21,15 @@ def state() -> RunState:
     s = RunState(run_id="r1", total=1000, concurrency=50, estimate_ticks=2 * USD, cap_ticks=3 * USD)
     s.done, s.failed = 400, 8
     s.failed_by_reason = Counter({"invalid_json": 6, "truncated": 2})
-    s.billed_ticks, s.tracked_ticks = USD * 85 // 100, USD * 84 // 100
-    s.rate_limited, s.in_flight, s.queued, s.write_backlog, s.written = 3, 50, 20, 40, 368
+    s.money = Money(
+        requests=408,
+        replies=408,
+        billed_ticks=USD * 85 // 100,
+        billed_tracked_ticks=USD * 84 // 100,
+        tracked_ticks=USD * 84 // 100,
+    )
+    s.rate_limited, s.rate_limit_rounds = 3, 1
+    s.in_flight, s.queued, s.write_backlog, s.written = 50, 20, 40, 368
     s.started_at -= 60  # a minute in
     return s
 
@@ -29,8 +37,23 @@ def state() -> RunState:
 def test_the_plain_line_carries_progress_rate_spend_and_pipeline() -> None:
     line = progress_line(state())
     assert line.startswith("408/1000 units (400 ok, 8 failed) · 408/min · eta 1m")
-    assert "spent $0.8500 / cap $3.00" in line
-    assert "429s 3 · in flight 50 · write backlog 40" in line
+    assert "spent $0.8500 / cap $3.00 · " in line
+    assert "429s 3 in 1 rounds · in flight 50 · write backlog 40" in line
+
+
+def test_money_the_provider_never_billed_is_shown_apart() -> None:
+    s = state()
+    s.money.unbilled_replies, s.money.unbilled_tracked_ticks = 12, USD // 100
+    s.money.possible_requests, s.money.possible_ticks, s.money.expected_ticks = 3, USD // 10, 1000
+    line = progress_line(s)
+    assert (
+        "spent $0.8600 / cap $3.00 (12 replies without a bill ($0.0100 at pricing.toml); "
+        "3 possibly billed (up to $0.1000))"
+    ) in line
+    console = Console(width=160, record=True)
+    console.print(panel(s))
+    text = console.export_text()
+    assert "unverified" in text and "3 possibly billed" in text
 
 
 def test_the_panel_shows_every_figure_an_operator_watches() -> None:

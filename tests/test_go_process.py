@@ -94,6 +94,15 @@ def test_kill_9_five_times_then_finish_every_unit_done_once_nothing_paid_lost(
     assert len(paid) == eligible
     duplicates = sum(paid.values()) - eligible
     assert 0 <= duplicates <= 5 * 50
+    # Money in `status` is the truth after the kills: every request knrun saw a reply for is in
+    # the store's charges; all that is missing is what was in flight at a kill (bought again).
+    report = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)
+    billed = served.stats.billed_ticks
+    spent = report["spent_ticks"]
+    per_request = billed // served.stats.paid_requests
+    assert 0 <= billed - spent <= (duplicates + 1) * per_request * 3 // 2, (billed, spent)
+    # And the runs that were killed are known as dead, not left "running" for ever.
+    assert len(report["dead_runs"]) == 5 and report["current_runs"] == []
 
 
 def test_sigint_finishes_in_flight_work_releases_leases_and_records_the_run(

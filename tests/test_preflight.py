@@ -62,7 +62,7 @@ def test_a_good_preflight_passes_every_step_and_go_runs_on_its_receipt(ready: Xa
         "6 receipt",
     ):
         assert re.search(rf"{step}\s+PASS", out), step
-    assert "grok-4-1-fast-reasoning (aliases: grok-4-1-fast; fingerprint fp_sim0001" in out
+    assert "grok-4.3 (aliases: grok-4.3-latest; fingerprint fp_sim0001" in out
     assert "rendered all" in out and "cheapest first" in out
     issued = receipt()
     assert issued["balance_source"] == "management-api" and issued["balance_ticks"] == 25 * 10**10
@@ -134,7 +134,7 @@ def test_a_balance_short_of_the_requirement_fails_step_4_with_the_numbers(
     assert code == 2
     assert re.search(
         r"4 balance\s+FAIL\s+\$2.00 \(management-api\) does NOT cover the run: needs "
-        r"\$5\.\d\d = estimate \$0\.\d\d x 1.15 \+ \$5.00 overshoot",
+        r"\$\d+\.\d\d = estimate \$\d+\.\d\d x 1.15 \+ \$5.00 overshoot",
         out,
     )
     assert ready.stats.chat_requests == 0 and not RECEIPT.exists()
@@ -185,7 +185,7 @@ def test_a_good_canary_re_estimates_from_its_own_averages(ready: XaiSimulator) -
     canary = issued["canary"]
     # The receipt's per-unit estimate is the canary's real averages priced, not the job default.
     input_tokens, output_tokens = canary["input_tokens_per_unit"], canary["output_tokens_per_unit"]
-    assert issued["estimate_unit_ticks"] == input_tokens * 2000 + output_tokens * 5000
+    assert issued["estimate_unit_ticks"] == input_tokens * 12_500 + output_tokens * 25_000
     assert issued["approved_ticks"] == -(-issued["estimate_ticks"] * 115 // 100)
     assert issued["remaining_units"] == json.loads(knrun("status", "--json")[1])["remaining"]
 
@@ -208,10 +208,10 @@ def test_nothing_left_to_run_needs_no_receipt(ready: XaiSimulator) -> None:
 def test_step_2_judges_only_the_jobs_model_not_one_whose_name_merely_starts_the_same(
     ready: XaiSimulator,
 ) -> None:
-    # "grok-4-1-fast-reasoning-x" is stale, but the job runs "grok-4-1-fast-reasoning".
+    # "grok-4.3-x" is stale, but the job runs "grok-4.3".
     ready.scenario.models.append(
         SimModel(
-            id="grok-4-1-fast-reasoning-x",
+            id="grok-4.3-x",
             input=Decimal("1"),
             cached_input=Decimal("1"),
             output=Decimal("1"),
@@ -222,7 +222,7 @@ def test_step_2_judges_only_the_jobs_model_not_one_whose_name_merely_starts_the_
         pricing.read_text().replace(
             "[retired]",
             (
-                '[models."grok-4-1-fast-reasoning-x"]\ninput = 1\ncached_input = 1\noutput = 1\n'
+                '[models."grok-4.3-x"]\ninput = 1\ncached_input = 1\noutput = 1\n'
                 'source = "x"\nverified_at = 2026-01-01\n\n[retired]'
             ),
         )
@@ -230,4 +230,4 @@ def test_step_2_judges_only_the_jobs_model_not_one_whose_name_merely_starts_the_
     code, out, _ = knrun("preflight")
     assert code == 0
     assert re.search(r"2 prices true\s+PASS", out)
-    assert "warning: other model: grok-4-1-fast-reasoning-x: verified_at 2026-01-01" in out
+    assert "warning: other model: grok-4.3-x: verified_at 2026-01-01" in out

@@ -23,14 +23,21 @@ def knrun(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def fail_units(count: int, attempts: int = 1) -> None:
+def fail_units(
+    count: int, attempts: int = 1, reason: str = "invalid_json", request_hash: str | None = None
+) -> None:
+    """Mark the first `count` unfailed units in scope failed at 1.6 for `reason`, as a run
+    would (with the request hash of the job as it is, unless told otherwise)."""
+    from knrun.job import load_job
+
+    sent = request_hash or load_job(Path("prompts/kn-1.6.toml")).request_hash
     conn = sqlite3.connect("knrun.sqlite")
     conn.execute(
         "UPDATE units SET kn_status = 'failed', kn_status_version = '1.6', "
-        "kn_error = 'invalid_json: Expecting value', kn_attempts = ? WHERE id IN "
-        f"(SELECT id FROM units WHERE status = 'Current' AND restricted_access = 0 "
-        f"ORDER BY id LIMIT {count})",
-        (attempts,),
+        "kn_error = ? || ': it failed', kn_attempts = ?, kn_request_hash = ? WHERE id IN "
+        "(SELECT id FROM units WHERE status = 'Current' AND restricted_access = 0 "
+        f"AND kn_status IS NULL ORDER BY id LIMIT {count})",
+        (reason, attempts, sent),
     )
     conn.commit()
     conn.close()
@@ -66,19 +73,60 @@ def test_retry_re_runs_failed_units_only_and_needs_no_receipt(failures: XaiSimul
 
 
 def test_units_failing_max_attempts_times_are_left_alone_and_reported(
-    failures: XaiSimulator,
+    project: Path, xai_server: XaiSimulator
 ) -> None:
-    fail_units(5, attempts=3)  # five of the thirty have failed three times already
-    failures.force("malformed_json", 1000)  # and everything fails again
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 100)
+    fail_units(5, attempts=3)  # five have failed three times already
+    fail_units(25)
+    xai_server.force("malformed_json", 8)  # eight of the 25 fail again: not a systematic fault
     code, out, err = knrun("retry", "--max-attempts", "3")
     assert code == 0, err
     assert "25 units eligible" in out
     assert re.search(
         r"5 units have failed 3 times and are no longer retried: 1 \(invalid_json", err
     )
-    assert all(attempts >= 2 for _, attempts in failed_rows())
+    assert sorted(attempts for _, attempts in failed_rows()) == [2] * 8 + [3] * 5
     figures = __import__("json").loads(knrun("status", "--json", "--max-attempts", "2")[1])
-    assert figures["retry_exhausted"] == 30
+    assert figures["retry_exhausted"] == 13
+
+
+def test_a_systematic_failure_stops_the_retry_and_uses_up_no_attempt(
+    failures: XaiSimulator,
+) -> None:
+    """Every reply malformed (a proxy, a model update): the failure-rate guard stops the
+    retry well before its 30 units, and the failures it blames on the run give their
+    attempts back, so the units are not exhausted by a fault that was never theirs."""
+    failures.force("malformed_json", 1000)
+    code, _, err = knrun("retry", "--concurrency", "2")
+    assert code == 6 and "failure rate: 20 replies in a row failed (invalid_json)" in err
+    assert failures.stats.paid_requests <= 22  # stopped within the streak, plus those in flight
+    assert [attempts for _, attempts in failed_rows()] == [1] * 30  # no attempt used up
+
+
+def test_retry_takes_only_failures_a_second_try_can_change(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 100)
+    fail_units(4, reason="truncated")  # same request, same cap: it would be cut off again
+    fail_units(3, reason="refusal")
+    fail_units(5, reason="timeout")
+    fail_units(2, reason="schema_mismatch", request_hash="an-older-request")  # prompt changed
+    code, out, err = knrun("retry")
+    assert code == 0, err
+    assert "7 units eligible" in out and xai_server.stats.paid_requests == 7
+    assert len(failed_rows()) == 7  # the truncated and refused ones, untouched
+    code, out, err = knrun("retry", "--all-reasons")
+    assert code == 0 and "7 units eligible" in out and failed_rows() == []
+
+
+def test_retry_without_history_estimates_its_cap_from_the_job(failures: XaiSimulator) -> None:
+    """No finished unit to learn from: the cap's worst case comes from the rendered prompts and
+    the job's output estimate, so a cap smaller than one unit spends nothing."""
+    code, _, err = knrun("retry", "--max-spend", "0.001")
+    assert code == 4 and "spend cap reached" in err
+    assert failures.stats.chat_requests == 0
 
 
 def test_retry_refuses_stale_prices_without_spending(failures: XaiSimulator) -> None:

@@ -92,7 +92,7 @@ async def test_units_lost_to_a_provider_outage_stop_the_run_instead_of_failing_t
     config = RunConfig(concurrency=5, write_interval_s=0.05)
     result, store = await run(tmp_path, job, sim, config=config)
     assert result.exit_code == ExitCode.FAILURE
-    assert result.reason.startswith("xAI unreachable: 10 units in a row failed after retries")
+    assert result.reason.startswith("xAI unreachable: 10 units in a row failed without a reply")
     progress = await store.progress()
     assert progress.failed <= 10 + 5  # the streak, plus what was in flight
     assert progress.remaining >= 200 - 15
@@ -164,7 +164,9 @@ async def test_a_run_that_cannot_write_in_its_grace_period_leaves_results_in_the
 ) -> None:
     sim = XaiSimulator(Scenario(latency={"median_s": 0}, balance_usd=Decimal(100)))
     store = RefusingStore(job, tmp_path / "units.sqlite")
-    config = RunConfig(concurrency=10, write_interval_s=0.05, grace_s=0.3, store_retry_base_s=0.05)
+    config = RunConfig(
+        concurrency=10, write_interval_s=0.05, write_grace_s=0.3, store_retry_base_s=0.05
+    )
     result, _ = await run(tmp_path, job, sim, units=50, store=store, config=config)
     assert result.exit_code == ExitCode.FAILURE and result.unwritten == 50
     assert "stay in the spool" in result.reason
@@ -201,7 +203,7 @@ async def capped_run(tmp_path: Path, job: JobSpec, units: int) -> tuple[RunResul
     rows = identical_units(units)
     messages = job.render({k: rows[0][k] for k in ("id", *job.source.columns)})
     prompt = sum(math.ceil(len(m["content"]) / 4) for m in messages)
-    unit_cost = prompt * 2000 + (900 + 2000) * 5000
+    unit_cost = prompt * 12_500 + (900 + 2000) * 25_000
     path = tmp_path / "units.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
     seed_units(conn, rows)
@@ -236,3 +238,59 @@ async def test_a_cap_that_leaves_units_behind_stops_with_exit_4(
     result, cap = await capped_run(tmp_path, job, units=12)
     assert result.exit_code == ExitCode.SPEND_CAP and "spend cap reached" in result.reason
     assert result.state.done == 10 and result.state.billed_ticks <= cap
+
+
+async def test_a_paid_reply_reaches_the_spool_before_the_balance_read(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    """The drift check at unit 100 reads the prepaid balance, a network call that can hang.
+    The reply that made the check due must already be durable while it does."""
+    import sqlite3
+
+    sim = XaiSimulator(Scenario(latency={"median_s": 0}, balance_usd=Decimal(100)))
+    path = tmp_path / "units.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    seed_units(conn, plain_units(100))
+    conn.close()
+    store = SqliteStore(job, path)
+    await store.migrate()
+    xai = XaiClient(
+        api_key=SecretStr(sim.scenario.api_key),
+        base_url="http://xai.sim/v1",
+        transport=sim.transport(),
+    )
+    spool = Spool(tmp_path / "spool.sqlite")
+    reads = 0
+    answer = asyncio.Event()
+    spooled_at_read: list[int] = []
+
+    async def balance() -> int:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # the drift check's read (the first is at the start)
+            spooled_at_read.append(len(await spool.pending("kn", "1.6")) + runner.state.written)
+            await answer.wait()
+        return 100 * 10**10
+
+    runner = Runner(
+        job=job,
+        price=load_pricing(EXAMPLE_PRICING).price_for(job.model),
+        store=store,
+        xai=xai,
+        spool=spool,
+        config=RunConfig(concurrency=1, write_interval_s=0.05),
+        run_id="r1",
+        owner="m:r1",
+        total=100,
+        balance=balance,
+    )
+    running = asyncio.create_task(runner.run())
+    while not spooled_at_read:  # noqa: ASYNC110 - watching a plain list
+        await asyncio.sleep(0.01)
+    answer.set()
+    result = await running
+    assert spooled_at_read == [100]  # the 100th reply was on disk before the read began
+    assert result.exit_code == ExitCode.OK and result.state.done == 100
+    await xai.aclose()
+    await spool.close()
+    await store.close()

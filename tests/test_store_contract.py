@@ -22,16 +22,21 @@ def result_for(
     return UnitResult(
         unit_id=unit_id,
         values={column: f"{text} {unit_id}" for column in job_outputs},
-        model="grok-4-1-fast-reasoning",
+        model="grok-4.3",
         cost_ticks=19_012_345,
         input_tokens=2000,
         output_tokens=2900,
         processed_at="2026-11-22T10:00:00Z",
         run_id=run_id,
+        attempt_id=f"{run_id}:{unit_id}",
+        billed_ticks=19_012_345,
+        tracked_ticks=19_000_000,
     )
 
 
-def failure_for(unit_id: Any, owner: str, reason: str = "invalid_json") -> UnitFailure:
+def failure_for(
+    unit_id: Any, owner: str, reason: str = "invalid_json", **money: Any
+) -> UnitFailure:
     return UnitFailure(
         unit_id=unit_id,
         reason=reason,
@@ -39,6 +44,8 @@ def failure_for(unit_id: Any, owner: str, reason: str = "invalid_json") -> UnitF
         processed_at="2026-11-22T10:00:00Z",
         run_id="run-1",
         owner=owner,
+        attempt_id=f"run-1:{unit_id}",
+        **({"billed_ticks": 5, "tracked_ticks": 5} | money),
     )
 
 
@@ -223,34 +230,45 @@ async def test_progress_reports_the_status_figures(backend: Backend) -> None:
     store = await migrated(backend, rows)
     units = await store.claim(6, "me", 600)
     columns = output_columns(backend)
+    timed_out = failure_for(
+        units[4].id,
+        "me",
+        reason="timeout",
+        billed_ticks=None,
+        tracked_ticks=0,
+        possible_ticks=900,
+        expected_ticks=300,
+    )
     await store.write_results(
-        [result_for(u.id, columns) for u in units[:3]]
-        + [failure_for(units[3].id, "me"), failure_for(units[4].id, "me", reason="truncated")]
+        [result_for(u.id, columns) for u in units[:3]] + [failure_for(units[3].id, "me"), timed_out]
     )
-    await store.record_run(
-        RunRecord(
-            run_id="r1",
-            kind="go",
-            job="kn",
-            version=VERSION,
-            model="m",
-            prompt_hash="h",
-            host="test",
-            started_at="2026-11-22T09:00:00Z",
-            billed_ticks=70,
-            tracked_ticks=60,
-        )
-    )
+    await store.write_results([timed_out])  # written twice (a retried request): counted once
     progress = await store.progress()
     assert (progress.total, progress.done, progress.failed, progress.remaining) == (9, 3, 2, 4)
     assert progress.leased == 1  # units[5] is still leased
-    assert progress.failed_by_reason == {"invalid_json": 1, "truncated": 1}
+    assert progress.failed_by_reason == {"invalid_json": 1, "timeout": 1}
     assert progress.done_cost_ticks == 3 * 19_012_345
     assert progress.avg_output_tokens == 2900
     assert progress.last_processed_at == "2026-11-22T10:00:00Z"
-    assert (progress.spent_billed_ticks, progress.spent_tracked_ticks) == (70, 60)
+    money = progress.money
+    assert (money.requests, money.replies, money.possible_requests) == (5, 4, 1)
+    assert money.billed_ticks == 3 * 19_012_345 + 5
+    assert money.tracked_ticks == 3 * 19_000_000 + 5
+    assert (money.possible_ticks, money.expected_ticks) == (900, 300)
+    assert money.spent_ticks == money.billed_ticks + 300
     assert (await store.progress(max_attempts=1)).retry_exhausted == 2
     assert (await store.progress(max_attempts=2)).retry_exhausted == 0
+
+
+async def test_a_reply_without_a_bill_is_counted_apart(backend: Backend) -> None:
+    store = await migrated(backend, plain_units(3))
+    units = await store.claim(3, "me", 600)
+    unbilled = failure_for(units[0].id, "me", billed_ticks=None, tracked_ticks=777)
+    await store.write_results([unbilled, failure_for(units[1].id, "me")])
+    money = (await store.progress()).money
+    assert (money.replies, money.unbilled_replies, money.unbilled_tracked_ticks) == (2, 1, 777)
+    assert money.billed_ticks == 5 and money.billed_tracked_ticks == 5
+    assert money.spent_ticks == 5 + 777
 
 
 async def test_run_records_upsert_and_read_back(backend: Backend) -> None:
@@ -260,11 +278,11 @@ async def test_run_records_upsert_and_read_back(backend: Backend) -> None:
         kind="go",
         job="kn",
         version=VERSION,
-        model="grok-4-1-fast-reasoning",
+        model="grok-4.3",
         prompt_hash="abc",
         host="mac-mini",
         started_at="2026-11-22T09:00:00Z",
-        detail={"prices": {"input": "0.20"}},
+        detail={"prices": {"input": "1.25"}},
     )
     await store.record_run(run)
     run.state, run.exit_code, run.units_ok, run.billed_ticks = "finished", 0, 42, 123_456

@@ -20,9 +20,9 @@ from knrun.commands import (
     RunStopped,
     approved_left,
     exhausted_units,
-    history_unit_ticks,
     outcome_message,
     parse_usd,
+    retry_unit_cost,
     run_canary,
     run_command,
 )
@@ -36,6 +36,7 @@ from knrun.context import (
 )
 from knrun.display import checklist, console, tables
 from knrun.errors import ConfigError, ExitCode, KnrunError
+from knrun.guards import BALANCE_SLACK_TICKS
 from knrun.importer import import_units
 from knrun.job import JobSpec
 from knrun.launch import Launched
@@ -51,6 +52,7 @@ from knrun.sim.scenario import load_scenario
 from knrun.sim.server import serve_forever
 from knrun.sim.xai import XaiSimulator
 from knrun.status import status_report
+from knrun.store.sql import TRANSIENT_REASONS
 from knrun.xai import LiveModel
 
 P = ParamSpec("P")
@@ -425,7 +427,13 @@ MaxSpendOption = Annotated[
     ),
 ]
 Max429Option = Annotated[
-    int, typer.Option("--max-consecutive-429", min=1, help="Circuit breaker: 429s in a row.")
+    int,
+    typer.Option(
+        "--max-429-rounds",
+        min=1,
+        help="Circuit breaker: rounds of 429s in a row with no success between them (a round "
+        "is one burst, however many requests it hits).",
+    ),
 ]
 
 
@@ -436,7 +444,7 @@ def go(
     pricing: PricingOption = None,
     concurrency: ConcurrencyOption = 50,
     max_spend: MaxSpendOption = None,
-    max_consecutive_429: Max429Option = 50,
+    max_429_rounds: Max429Option = 10,
 ) -> None:
     """Run the job: every eligible unit, resumably, under the guards. Needs a passing
     `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
@@ -450,11 +458,15 @@ def go(
             "again, or pass --max-spend",
             ExitCode.SPEND_CAP,
         )
+    canary_output = receipt.canary.get("output_tokens_per_unit")
     config = RunConfig(
         concurrency=concurrency,
-        max_consecutive_429=max_consecutive_429,
+        max_429_rounds=max_429_rounds,
         cap_ticks=cap,
         estimate_unit_ticks=receipt.estimate_unit_ticks,
+        output_tokens_estimate=int(canary_output) if canary_output else None,
+        # The canary's charges can reach the prepaid balance during this run.
+        balance_slack_ticks=int(receipt.canary.get("billed_ticks") or 0) + BALANCE_SLACK_TICKS,
     )
     finish(run_async(run_command(RunCommand("go", ctx, price, config, live=console.is_terminal()))))
 
@@ -483,11 +495,21 @@ def retry(
             show_default=False,
         ),
     ] = None,
-    max_consecutive_429: Max429Option = 50,
+    max_429_rounds: Max429Option = 10,
+    all_reasons: Annotated[
+        bool,
+        typer.Option(
+            "--all-reasons",
+            help="Also retry failures that depend on the request (truncated, refusal, "
+            "schema_mismatch, prompt_too_long, bad_request) although it has not changed.",
+        ),
+    ] = False,
 ) -> None:
     """Re-run units that failed at this version, for cron: its own light preflight (model
     current, prices true, balance covers the cap), a lock against overlapping runs, plain log
-    lines, the documented exit codes."""
+    lines, the documented exit codes. By default only failures a second try can change
+    (invalid_json, timeout, dropped, bad_response, retries_exhausted), and failures of a request
+    that has changed since (the prompt, max_output_tokens, the model...)."""
     ctx = load_context(job)
     table = load_pricing_for(pricing)
     cap = parse_usd(max_spend, "--max-spend")
@@ -499,13 +521,16 @@ def retry(
         failed = next(step for step in outcome.steps if not step.ok)
         raise RunStopped(f"retry checks failed at {failed.title}: nothing run", outcome.exit_code)
     price = table.price_for(ctx.job.model)
+    unit = run_async(retry_unit_cost(ctx, price))
     config = RunConfig(
         concurrency=concurrency,
-        max_consecutive_429=max_consecutive_429,
+        max_429_rounds=max_429_rounds,
         cap_ticks=cap,
-        estimate_unit_ticks=run_async(history_unit_ticks(ctx, price)),
+        estimate_unit_ticks=unit.ticks,
+        output_tokens_estimate=unit.output_tokens,
         failed_only=True,
         max_attempts=max_attempts,
+        retry_reasons=None if all_reasons else TRANSIENT_REASONS,
         max_units=max_units,
     )
     launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))

@@ -14,6 +14,7 @@ from knrun.context import STATE_DIR, Context
 from knrun.display import console
 from knrun.display.live import run_display
 from knrun.errors import ConfigError, ExitCode, KnrunError
+from knrun.estimate import prompt_tokens
 from knrun.events import Event, EventSink
 from knrun.launch import Launch, Launched, launch
 from knrun.lock import new_run_id
@@ -37,18 +38,32 @@ def parse_usd(value: str | None, option: str) -> int | None:
     return usd_to_ticks(amount)
 
 
-async def history_unit_ticks(ctx: Context, price: ModelPrice) -> int | None:
-    """A unit's cost from this job's finished units, for retry's spend cap and drift check.
-    None without history: the cap then learns from the dearest unit seen, and the per-unit
-    drift check, which would compare against a guess, is skipped."""
+@dataclass(frozen=True)
+class UnitCost:
+    """What a unit costs, and where the figure comes from."""
+
+    ticks: int
+    output_tokens: int
+    measured: bool  # from finished units (else rendered prompts and the job's default)
+
+
+async def retry_unit_cost(ctx: Context, price: ModelPrice) -> UnitCost:
+    """A unit's cost for retry's spend cap: this job's finished units when it has some, else
+    estimated as preflight does (the failed units' prompts rendered, the job's output
+    default), so a first retry's cap never takes a unit for free."""
     store = ctx.open_store()
     try:
         progress = await store.progress()
+        sample = [] if progress.done else await store.sample_failed(50)
     finally:
         await store.close()
-    if not progress.done or progress.avg_input_tokens is None or progress.avg_output_tokens is None:
-        return None
-    return price.estimate_ticks(round(progress.avg_input_tokens), round(progress.avg_output_tokens))
+    if progress.done and progress.avg_input_tokens is not None and progress.avg_output_tokens:
+        tokens = round(progress.avg_input_tokens), round(progress.avg_output_tokens)
+        return UnitCost(price.estimate_ticks(*tokens), tokens[1], measured=True)
+    inputs = [prompt_tokens(ctx.job.render(unit)) for unit in sample]
+    per_unit = round(sum(inputs) / len(inputs)) if inputs else 0
+    output = ctx.job.estimate.output_tokens
+    return UnitCost(price.estimate_ticks(per_unit, output), output, measured=False)
 
 
 async def exhausted_units(ctx: Context, max_attempts: int) -> list[dict[str, Any]]:
@@ -60,15 +75,15 @@ async def exhausted_units(ctx: Context, max_attempts: int) -> list[dict[str, Any
 
 
 async def approved_left(ctx: Context, receipt: Receipt) -> int:
-    """The receipt's approved spend minus what `go` runs have been billed since it was issued,
-    so restarting `go` never resets the cap."""
+    """The receipt's approved spend minus what `go` runs have spent since it was issued (at
+    the most: possibly-billed requests at their worst case), from the store's charges, so
+    restarting `go`, even after a kill -9, never resets the cap."""
     store = ctx.open_store()
     try:
-        runs = await store.runs(limit=10_000, kind="go")
+        spent = await store.money(kind="go", since=receipt.created_at)
     finally:
         await store.close()
-    spent = sum(run.billed_ticks for run in runs if run.started_at >= receipt.created_at)
-    return receipt.approved_ticks - spent
+    return receipt.approved_ticks - spent.spent_max_ticks
 
 
 @dataclass
@@ -187,7 +202,9 @@ async def run_canary(
         units=state.processed,
         valid=state.done,
         billed_ticks=state.billed_ticks,
-        tracked_ticks=state.tracked_ticks,
+        tracked_ticks=state.money.billed_tracked_ticks,
+        unbilled_replies=state.money.unbilled_replies,
+        possibly_billed=state.money.possible_requests,
         input_tokens=state.input_tokens / replies,
         output_tokens=state.output_tokens / replies,
         exit_code=launched.result.exit_code,

@@ -14,7 +14,8 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad config or input, or the run is not authorised (no valid receipt)
     BREAKER = 3  # circuit breaker: credit exhausted or a rate-limit storm
     SPEND_CAP = 4  # spend cap reached
-    DRIFT = 5  # cost drift alarm halted the run
+    DRIFT = 5  # cost drift alarm halted the run, or its cost could not be verified
+    FAILURE_RATE = 6  # most recent paid replies failed (bad JSON, truncation, unexpected 4xx)
     INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from knrun.store.types import Money
+
 
 @dataclass(frozen=True)
 class Event:
@@ -44,12 +46,12 @@ class RunState:
     done: int = 0
     failed: int = 0
     failed_by_reason: Counter[str] = field(default_factory=Counter)
-    billed_ticks: int = 0  # the provider's cost_in_usd_ticks, summed
-    tracked_ticks: int = 0  # pricing.toml x usage, summed
+    money: Money = field(default_factory=Money)  # every request billed, unbilled, possibly billed
     replies: int = 0  # units that got a reply (and so token counts)
     input_tokens: int = 0  # summed over replies
     output_tokens: int = 0
     rate_limited: int = 0  # 429s seen
+    rate_limit_rounds: int = 0  # bursts of them (what the breaker counts)
     in_flight: int = 0
     queued: int = 0
     write_backlog: int = 0  # paid results not yet in the store
@@ -61,6 +63,16 @@ class RunState:
     @property
     def processed(self) -> int:
         return self.done + self.failed
+
+    @property
+    def billed_ticks(self) -> int:
+        """The provider's own figure (cost_in_usd_ticks), summed."""
+        return self.money.billed_ticks
+
+    @property
+    def tracked_ticks(self) -> int:
+        """pricing.toml x usage, summed over every reply."""
+        return self.money.tracked_ticks
 
     def units_per_minute(self, now: float | None = None) -> float:
         elapsed = (now or time.monotonic()) - self.started_at

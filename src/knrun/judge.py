@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice
-from knrun.store.types import Outcome, Unit, UnitFailure, UnitResult
+from knrun.store.types import Unit, UnitFailure, UnitResult
 from knrun.xai import ChatReply
 
 # Failure reasons (the part of `kn_error` before the colon; `knrun status` groups by them).
@@ -19,8 +19,10 @@ TRUNCATED = "truncated"
 REFUSAL = "refusal"
 PROMPT_TOO_LONG = "prompt_too_long"
 BAD_REQUEST = "bad_request"
-BAD_RESPONSE = "bad_response"
-RETRIES_EXHAUSTED = "retries_exhausted"
+BAD_RESPONSE = "bad_response"  # a 2xx knrun cannot read: billed by an unknown amount
+RETRIES_EXHAUSTED = "retries_exhausted"  # never reached xAI (or fast 5xx) after every retry
+TIMEOUT = "timeout"  # sent, no reply in time: may have been billed
+DROPPED = "dropped"  # sent, then the connection failed (or a slow 5xx): may have been billed
 
 
 def utc_now() -> str:
@@ -28,24 +30,33 @@ def utc_now() -> str:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """Who is asking, for which request: stamped on every outcome of one request."""
+
+    run_id: str
+    owner: str
+    attempt_id: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
 class Judged:
-    outcome: Outcome
-    tracked_ticks: int  # pricing.toml x usage
-    billed_ticks: int  # cost_in_usd_ticks (tracked, when the provider sent none)
+    outcome: UnitResult | UnitFailure
     input_tokens: int = 0  # from the reply's usage; 0 when there was no reply
     output_tokens: int = 0
 
 
 def judge(
-    reply: ChatReply, unit: Unit, job: JobSpec, price: ModelPrice, *, run_id: str, owner: str
+    reply: ChatReply, unit: Unit, job: JobSpec, price: ModelPrice, attempt: Attempt
 ) -> Judged:
     usage = reply.usage
     tracked = price.cost_ticks(usage)
-    billed = usage.billed_ticks if usage.billed_ticks is not None else tracked
+    billed = usage.billed_ticks  # None: the reply carried no bill, and tracked does not stand in
     parsed = _parse(reply, job)
+    outcome: UnitResult | UnitFailure
     if isinstance(parsed, tuple):
         reason, detail = parsed
-        outcome: Outcome = failure(unit, reason, detail, run_id=run_id, owner=owner)
+        outcome = failure(unit, reason, detail, attempt, billed_ticks=billed, tracked_ticks=tracked)
     else:
         values = {
             job.output_column(field): field.to_column_value(getattr(parsed, field.name))
@@ -55,23 +66,42 @@ def judge(
             unit_id=unit.id,
             values=values,
             model=reply.model,
-            cost_ticks=billed,
+            cost_ticks=tracked if billed is None else billed,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.output_tokens,
             processed_at=utc_now(),
-            run_id=run_id,
+            run_id=attempt.run_id,
+            attempt_id=attempt.attempt_id,
+            billed_ticks=billed,
+            tracked_ticks=tracked,
         )
-    return Judged(outcome, tracked, billed, usage.prompt_tokens, usage.output_tokens)
+    return Judged(outcome, usage.prompt_tokens, usage.output_tokens)
 
 
-def failure(unit: Unit, reason: str, detail: str, *, run_id: str, owner: str) -> UnitFailure:
+def failure(
+    unit: Unit,
+    reason: str,
+    detail: str,
+    attempt: Attempt,
+    *,
+    billed_ticks: int | None = None,
+    tracked_ticks: int = 0,
+    possible_ticks: int = 0,
+    expected_ticks: int = 0,
+) -> UnitFailure:
     return UnitFailure(
         unit_id=unit.id,
         reason=reason,
         detail=detail[:500],
         processed_at=utc_now(),
-        run_id=run_id,
-        owner=owner,
+        run_id=attempt.run_id,
+        owner=attempt.owner,
+        attempt_id=attempt.attempt_id,
+        billed_ticks=billed_ticks,
+        tracked_ticks=tracked_ticks,
+        possible_ticks=possible_ticks,
+        expected_ticks=expected_ticks,
+        request_hash=attempt.request_hash,
     )
 
 

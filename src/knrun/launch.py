@@ -66,16 +66,25 @@ async def _launch(
     if replayed:
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
     here = machine_id(STATE_DIR)
-    # This process holds the lock, so any lease owned from this folder belongs to a dead run.
+    # This process holds the lock, so any run of this folder still "running" is dead, and so is
+    # any lease owned from here.
+    dead = await store.mark_dead_runs(f"{here}:")
+    if dead:
+        request.events(Event("dead_runs", f"runs whose process died: {', '.join(dead)}"))
     returned = await store.release_prefix(f"{here}:")
     if returned:
         request.events(Event("released", f"{returned} units leased by a dead run here given back"))
     config = request.config
-    progress = await store.progress(max_attempts=config.max_attempts)
-    total = progress.failed - progress.retry_exhausted if config.failed_only else progress.remaining
+    if config.failed_only:  # what retry may take: its reasons, under the attempt limit
+        total = await store.count_claimable(
+            failed_only=True, max_attempts=config.max_attempts, reasons=config.retry_reasons
+        )
+    else:
+        total = await store.count_remaining()
     if config.max_units is not None:
         total = min(total, config.max_units)
     run_id = request.run_id or new_run_id()
+    owner = f"{here}:{run_id}"
     record = RunRecord(
         run_id=run_id,
         kind=request.kind,
@@ -87,6 +96,7 @@ async def _launch(
         started_at=utc_now(),
         updated_at=utc_now(),
         estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
+        owner=owner,
         detail={
             "prices_usd_per_m": {
                 "input": str(request.price.input),
@@ -107,7 +117,7 @@ async def _launch(
         spool=spool,
         config=config,
         run_id=run_id,
-        owner=f"{here}:{run_id}",
+        owner=owner,
         total=total,
         events=request.events,
         balance=await _balance_reader(ctx, xai, request.events),
@@ -171,6 +181,8 @@ def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) ->
     record.billed_ticks = state.billed_ticks
     record.detail["failed_by_reason"] = dict(state.failed_by_reason)
     record.detail["rate_limited"] = state.rate_limited
+    record.detail["rate_limit_rounds"] = state.rate_limit_rounds
+    record.detail["money"] = vars(state.money).copy()
     if result is not None:
         record.state = "finished"
         record.ended_at = utc_now()

@@ -71,11 +71,13 @@ class CanaryFigures:
     units: int
     valid: int
     billed_ticks: int
-    tracked_ticks: int
+    tracked_ticks: int  # of the replies that carried a bill, so it compares with billed_ticks
     input_tokens: float  # per valid unit, from real usage
     output_tokens: float
     exit_code: ExitCode
     reason: str
+    unbilled_replies: int = 0  # replies without cost_in_usd_ticks: their price is unproven
+    possibly_billed: int = 0  # requests that timed out or were dropped after sending
 
 
 class Preflight:
@@ -197,12 +199,14 @@ class Preflight:
         except KnrunError as exc:
             return Step(1, "model current", False, str(exc))
         aliases = ", ".join(live.aliases) or "none"
+        effort = self.job.reasoning_effort or "not sent (the model's default)"
         return Step(
             1,
             "model current",
             True,
             f"{live.id} (aliases: {aliases}; "
             f"fingerprint {live.fingerprint or '-'}; version {live.version or '-'})",
+            details=[f"reasoning_effort: {effort}"],
         )
 
     def _prices_true(self, live: list[LiveModel]) -> Step:
@@ -404,6 +408,16 @@ class Preflight:
             problems.append(
                 f"tracked {format_usd(figures.tracked_ticks, 6)} vs billed "
                 f"{format_usd(figures.billed_ticks, 6)} ({gap:.1%} apart): pricing.toml is wrong"
+            )
+        if figures.unbilled_replies:
+            problems.append(
+                f"{figures.unbilled_replies} of {n} replies carried no cost_in_usd_ticks: what "
+                "xAI bills cannot be compared with pricing.toml (a proxy dropping fields?)"
+            )
+        if figures.possibly_billed:
+            problems.append(
+                f"{figures.possibly_billed} of {n} requests timed out or were dropped after "
+                f"sending (timeout_s = {self.job.timeout_s:g}): they may have been billed unseen"
             )
         summary = (
             f"{figures.valid}/{n} valid; {format_usd(int(actual), 6)}/unit vs estimate "

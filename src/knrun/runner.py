@@ -19,14 +19,23 @@ from decimal import Decimal
 
 from knrun import judge
 from knrun.errors import ExitCode, KnrunError, StoreError
+from knrun.estimate import prompt_tokens
 from knrun.events import Event, EventSink, RunState, discard
-from knrun.guards import CircuitBreaker, Cooldown, DriftMonitor, DriftReading, SpendCap
+from knrun.guards import (
+    BALANCE_SLACK_TICKS,
+    CircuitBreaker,
+    Cooldown,
+    DriftMonitor,
+    DriftReading,
+    FailureRate,
+    SpendCap,
+)
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice, format_usd
 from knrun.spool import Delivery, Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.sql import MAX_ROWID
-from knrun.store.types import Outcome, Unit, UnitFailure
+from knrun.store.types import AttemptRefund, Outcome, Unit, UnitFailure
 from knrun.xai import (
     AuthFailed,
     BadRequest,
@@ -34,7 +43,8 @@ from knrun.xai import (
     ChatReply,
     CreditExhausted,
     ModelUnavailable,
-    Network,
+    NotSent,
+    PossiblyBilled,
     PromptTooLong,
     RateLimited,
     ServerError,
@@ -43,21 +53,33 @@ from knrun.xai import (
 )
 
 BalanceReader = Callable[[], Awaitable[int | None]]
+# Failures that count for the failure-rate guard although no reply came: the provider refused
+# the request itself ("a 4xx nobody expected"), or answered something unreadable.
+_REQUEST_FAULTS = (judge.BAD_REQUEST, judge.PROMPT_TOO_LONG, judge.BAD_RESPONSE)
+UNBILLED_CHECK_EVERY = 20  # replies between balance checks while xAI sends no bills
 
 
 @dataclass
 class RunConfig:
     concurrency: int = 50
     lease_s: float = 900.0  # a claimed unit comes back to the pool if not written within this
-    max_consecutive_429: int = 50
+    max_429_rounds: int = 10  # bursts of 429s in a row with no success between: a storm
     max_consecutive_outage: int = 10  # units in a row lost to 5xx/timeouts/network: xAI is down
     cap_ticks: int | None = None
     estimate_unit_ticks: int | None = None
+    # Output tokens (visible + reasoning) a unit is expected to use: with max_output_tokens, the
+    # worst case of a request that may have been billed unseen. None: the job's estimate.
+    output_tokens_estimate: int | None = None
     drift_every: int = 100
     drift_tolerance: Decimal = Decimal("0.20")
+    # Charges of earlier work (a canary) that may reach the prepaid balance during this run.
+    balance_slack_ticks: int = BALANCE_SLACK_TICKS
     write_batch: int = 50
     write_interval_s: float = 2.0
-    grace_s: float = 60.0  # how long in-flight requests may finish after a stop
+    # How long in-flight requests may finish after a stop: at least one request timeout, or
+    # requests xAI accepted (and bills) would be thrown away. None: the job's timeout + 30 s.
+    grace_s: float | None = None
+    write_grace_s: float = 60.0  # how long the write backlog may drain after the workers end
     cooldown_base_s: float = 2.0
     cooldown_max_s: float = 60.0
     store_retry_base_s: float = 1.0
@@ -65,6 +87,9 @@ class RunConfig:
     record_every_s: float = 15.0
     failed_only: bool = False  # retry: claim units that failed at this version
     max_attempts: int = 0
+    # Retry: only units failed for these reasons (or for a request that changed since); None:
+    # every failed unit.
+    retry_reasons: tuple[str, ...] | None = None
     max_units: int | None = None
 
 
@@ -107,9 +132,14 @@ class Runner:
             cap_ticks=config.cap_ticks,
             estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
         )
-        self.breaker = CircuitBreaker(config.max_consecutive_429)
+        self.grace_s = config.grace_s or job.timeout_s + 30.0
+        self.breaker = CircuitBreaker(config.max_429_rounds)
         self.cooldown = Cooldown(clock, base_s=config.cooldown_base_s, max_s=config.cooldown_max_s)
         self.drift = DriftMonitor(config.drift_every, config.drift_tolerance)
+        self.failure_rate = FailureRate()
+        self._attempts = 0  # requests made: numbers each one's attempt id
+        self._balance_check: asyncio.Task[None] | None = None
+        self._next_unbilled_check = 0  # replies: while bills are missing, the balance decides
         self.cap = (
             SpendCap(config.cap_ticks, config.estimate_unit_ticks or 0)
             if config.cap_ticks is not None
@@ -145,7 +175,7 @@ class Runner:
         self._stopped.set()
         self._room.set()
         self.emit(Event("stopping", reason, {"exit_code": int(exit_code)}))
-        asyncio.get_running_loop().call_later(self.config.grace_s, self._cancel_workers)
+        asyncio.get_running_loop().call_later(self.grace_s, self._cancel_workers)
 
     def cancel_now(self) -> None:
         """Second Ctrl-C: drop in-flight requests and stop waiting for the store. Paid results
@@ -159,7 +189,7 @@ class Runner:
     def _start_write_deadline(self) -> None:
         """Once the workers are done, the backlog gets one grace period to reach the store."""
         if self._write_deadline is None:
-            self._write_deadline = self._clock() + self.config.grace_s
+            self._write_deadline = self._clock() + self.config.write_grace_s
 
     def _cancel_workers(self) -> None:
         for task in self._workers:
@@ -188,6 +218,9 @@ class Runner:
             claimer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await claimer
+            if self._balance_check is not None:
+                with contextlib.suppress(Exception):
+                    await self._balance_check
             self._start_write_deadline()
             self._closing = True  # the writer flushes what is left, then ends
             self._results_ready.set()
@@ -258,6 +291,7 @@ class Runner:
                     failed_only=self.config.failed_only,
                     max_attempts=self.config.max_attempts,
                     start=cursor,
+                    reasons=self.config.retry_reasons,
                 )
             except StoreError as exc:
                 if not exc.retryable:
@@ -289,7 +323,7 @@ class Runner:
             want = min(want, left)
         if self.cap is not None:
             committed = self.state.in_flight + self._queue.qsize()
-            want = min(want, self.cap.allowance(self.state.billed_ticks, committed))
+            want = min(want, self.cap.allowance(self.state.money.spent_max_ticks, committed))
         return want
 
     def _cap_blocks_everything(self) -> bool:
@@ -301,7 +335,9 @@ class Runner:
         the store hold this run's lease, so they do not count)."""
         try:
             claimable = await self.store.count_claimable(
-                failed_only=self.config.failed_only, max_attempts=self.config.max_attempts
+                failed_only=self.config.failed_only,
+                max_attempts=self.config.max_attempts,
+                reasons=self.config.retry_reasons,
             )
         except StoreError:
             return False
@@ -310,8 +346,8 @@ class Runner:
     def _stop_at_cap(self) -> None:
         assert self.cap is not None
         self.request_stop(
-            f"spend cap reached: spent {format_usd(self.state.billed_ticks)} of "
-            f"{format_usd(self.cap.cap_ticks)}, and one more unit could cost up to "
+            f"spend cap reached: spent {format_usd(self.state.money.spent_max_ticks)} "
+            f"(at most) of {format_usd(self.cap.cap_ticks)}, and one more unit could cost up to "
             f"{format_usd(self.cap.worst_case_unit_ticks)}",
             ExitCode.SPEND_CAP,
         )
@@ -351,10 +387,15 @@ class Runner:
             await self.cooldown.wait()
             if self.stopping:
                 return
+            self._attempts += 1
+            attempt = judge.Attempt(
+                self.run_id, self.owner, f"{self.run_id}:{self._attempts}", self.job.request_hash
+            )
+            sent_at = self._clock()
             try:
                 reply = await self._chat(messages, conv_id, lane)
             except RateLimited as exc:
-                self._rate_limited(exc)
+                self._rate_limited(exc, sent_at)
                 continue
             except CreditExhausted as exc:
                 # Stop at once; the unit is not failed: it was never the unit's fault.
@@ -364,15 +405,24 @@ class Runner:
             except (AuthFailed, ModelUnavailable) as exc:
                 self.request_stop(str(exc), ExitCode.USAGE)
                 return
-            except (PromptTooLong, BadRequest, BadResponse, ServerError, Timeout, Network) as exc:
-                await self._failed_call(unit, exc)
+            except PossiblyBilled as exc:
+                await self._possibly_billed(unit, messages, exc, attempt)
+                return
+            except (PromptTooLong, BadRequest) as exc:
+                reason = (
+                    judge.PROMPT_TOO_LONG if isinstance(exc, PromptTooLong) else judge.BAD_REQUEST
+                )
+                await self._record(judge.Judged(judge.failure(unit, reason, str(exc), attempt)))
+                return
+            except (NotSent, ServerError) as exc:  # retried in the call; nothing was billed
+                self._outage(exc)
+                failed = judge.failure(unit, judge.RETRIES_EXHAUSTED, str(exc), attempt)
+                await self._record(judge.Judged(failed))
                 return
             break
         self.breaker.record_success()
         self._outage_streak = 0
-        await self._record(
-            judge.judge(reply, unit, self.job, self.price, run_id=self.run_id, owner=self.owner)
-        )
+        await self._record(judge.judge(reply, unit, self.job, self.price, attempt))
 
     async def _chat(self, messages: list[dict[str, str]], conv_id: str, lane: int) -> ChatReply:
         return await self.xai.chat(
@@ -382,53 +432,98 @@ class Runner:
             max_completion_tokens=self.job.max_output_tokens,
             response_schema=self.job.response_schema,
             schema_name=f"{self.job.name}_output".replace("-", "_").replace(".", "_"),
+            reasoning_effort=self.job.reasoning_effort,
             conv_id=conv_id,
             timeout_s=self.job.timeout_s,
             lane=lane,
         )
 
-    def _rate_limited(self, exc: RateLimited) -> None:
+    def _rate_limited(self, exc: RateLimited, sent_at: float) -> None:
         self.state.rate_limited += 1
-        if self.breaker.record_rate_limited():
-            self.request_stop(self.breaker.tripped or "rate-limit storm", ExitCode.BREAKER)
+        if not self.breaker.record_rate_limited(sent_at, self._clock()):
+            return  # part of a round already being waited out
+        self.state.rate_limit_rounds += 1
+        if self.breaker.tripped:
+            self.request_stop(self.breaker.tripped, ExitCode.BREAKER)
             return
-        seconds = self.cooldown.trigger(exc.retry_after, self.breaker.consecutive_429)
+        seconds = self.cooldown.trigger(exc.retry_after, self.breaker.rounds)
         self.emit(
             Event(
                 "rate_limited",
-                f"every worker pauses {seconds:.1f} s",
-                {
-                    "retry_after": exc.retry_after,
-                    "consecutive": self.breaker.consecutive_429,
-                },
+                f"every worker pauses {seconds:.1f} s (round {self.breaker.rounds})",
+                {"retry_after": exc.retry_after, "rounds": self.breaker.rounds},
             )
         )
 
-    async def _failed_call(self, unit: Unit, exc: Exception) -> None:
-        reasons: dict[type[Exception], str] = {
-            PromptTooLong: judge.PROMPT_TOO_LONG,
-            BadRequest: judge.BAD_REQUEST,
-            BadResponse: judge.BAD_RESPONSE,
-        }
-        reason = reasons.get(type(exc), judge.RETRIES_EXHAUSTED)
-        if reason == judge.RETRIES_EXHAUSTED:
-            self._outage_streak += 1
-            if self._outage_streak >= self.config.max_consecutive_outage:
-                self.request_stop(
-                    f"xAI unreachable: {self._outage_streak} units in a row failed after retries "
-                    f"(last: {exc})",
-                    ExitCode.FAILURE,
-                )
-        failed = judge.failure(unit, reason, str(exc), run_id=self.run_id, owner=self.owner)
-        await self._record(judge.Judged(failed, 0, 0))
+    def _outage(self, exc: Exception) -> None:
+        self._outage_streak += 1
+        if self._outage_streak >= self.config.max_consecutive_outage:
+            self.request_stop(
+                f"xAI unreachable: {self._outage_streak} units in a row failed without a reply "
+                f"(last: {exc})",
+                ExitCode.FAILURE,
+            )
+
+    async def _possibly_billed(
+        self,
+        unit: Unit,
+        messages: list[dict[str, str]],
+        exc: PossiblyBilled,
+        attempt: judge.Attempt,
+    ) -> None:
+        """The request reached xAI and no usable reply came back. xAI bills what it computed, so
+        the attempt is counted at its worst case against the cap and shown; the unit fails for
+        this attempt (retry may try it again), and nothing is sent again now."""
+        if not isinstance(exc, BadResponse):  # an unreadable reply is not an outage
+            self._outage(exc)
+        worst = self._worst_case_ticks(messages)
+        reason = {Timeout: judge.TIMEOUT, BadResponse: judge.BAD_RESPONSE}.get(
+            type(exc), judge.DROPPED
+        )
+        detail = f"{exc}; counted as possibly billed, up to {format_usd(worst, 6)}"
+        failed = judge.failure(
+            unit,
+            reason,
+            detail,
+            attempt,
+            possible_ticks=worst,
+            expected_ticks=min(self._expected_ticks(), worst),
+        )
+        self.emit(Event("possibly_billed", detail, {"unit": unit.id}))
+        await self._record(judge.Judged(failed))
+
+    def _worst_case_ticks(self, messages: list[dict[str, str]] | None) -> int:
+        """A request's dearest plausible cost: its prompt, max_output_tokens of visible output,
+        and on top as much again as a unit's whole output (reasoning has no cap of its own).
+        Without messages, an average prompt of this run (or none)."""
+        replies = self.state.replies
+        prompt = (
+            prompt_tokens(messages)
+            if messages is not None
+            else (self.state.input_tokens // replies if replies else 0)
+        )
+        output = self.job.max_output_tokens + (
+            self.config.output_tokens_estimate or self.job.estimate.output_tokens
+        )
+        return self.price.estimate_ticks(prompt, output, per_request=prompt)
+
+    def _expected_ticks(self) -> int:
+        """The best guess at what a possibly-billed request cost: this run's own average once
+        it has a few replies, else the estimate."""
+        money = self.state.money
+        if money.replies >= 10:
+            return (money.billed_ticks + money.unbilled_tracked_ticks) // money.replies
+        return self.config.estimate_unit_ticks or self.price.estimate_ticks(
+            0, self.config.output_tokens_estimate or self.job.estimate.output_tokens
+        )
 
     async def _record(self, judged: judge.Judged) -> None:
         """Count the unit, all its figures at once (its cost is spent whatever happens next),
-        make the result durable in the spool, then wake the writer."""
+        make it durable in the spool, then wake the writer; only after that, any guard that
+        needs the network (a balance read) may run."""
         state = self.state
         outcome = judged.outcome
-        state.billed_ticks += judged.billed_ticks
-        state.tracked_ticks += judged.tracked_ticks
+        state.money.add(outcome)
         if judged.input_tokens:
             state.replies += 1
             state.input_tokens += judged.input_tokens
@@ -438,48 +533,118 @@ class Runner:
             state.failed_by_reason[outcome.reason] += 1
         else:
             state.done += 1
-        state.write_backlog += 1
-        if self.cap is not None and judged.billed_ticks:
-            self.cap.observe(judged.billed_ticks)
-        if self.drift.due(state.processed):
-            await self._check_drift()  # on the figures at this unit, before any other await
-        try:
-            await self.spool.append(outcome, job=self.job.name, version=self.job.version)
-        except StoreError as exc:
-            # Not durable (a full disk?): still hand the result to the writer, but stop.
-            self.request_stop(f"the local spool failed: {exc}", ExitCode.FAILURE)
-            self._unspooled.append(outcome)
+        if self.cap is not None and outcome.charged:
+            self.cap.observe(outcome.billed_ticks or outcome.tracked_ticks)
+        refunds = self._judge_failure_rate(judged)
+        drift = self._drift_reading() if self.drift.due(state.processed) else None
+        await self._spool([outcome, *refunds])
         if isinstance(outcome, UnitFailure):
             self.emit(Event("unit_failed", outcome.error_text, {"unit": outcome.unit_id}))
         else:
             self.emit(
-                Event("unit_done", "", {"unit": outcome.unit_id, "ticks": judged.billed_ticks})
+                Event("unit_done", "", {"unit": outcome.unit_id, "ticks": outcome.cost_ticks})
             )
         self._results_ready.set()
+        if drift is not None:
+            self._check_drift(drift)
+        elif (
+            self.drift.unbilled_alarm(state.money)
+            and state.money.replies >= self._next_unbilled_check
+        ):
+            # Bills are missing: the balance is the only check left, so it runs often.
+            self._next_unbilled_check = state.money.replies + UNBILLED_CHECK_EVERY
+            self._check_drift(self._drift_reading())
 
-    async def _check_drift(self) -> None:
-        """Decide on the figures as they stand at this unit, at once; only then read the
-        balance (a network call, during which more units land)."""
-        reading = DriftReading(
-            units=self.state.processed,
-            tracked_ticks=self.state.tracked_ticks,
-            billed_ticks=self.state.billed_ticks,
-            estimated_unit_ticks=self.config.estimate_unit_ticks,
+    async def _spool(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self.state.write_backlog += 1
+            try:
+                await self.spool.append(outcome, job=self.job.name, version=self.job.version)
+            except StoreError as exc:
+                # Not durable (a full disk?): still hand it to the writer, but stop.
+                self.request_stop(f"the local spool failed: {exc}", ExitCode.FAILURE)
+                self._unspooled.append(outcome)
+
+    def _judge_failure_rate(self, judged: judge.Judged) -> list[AttemptRefund]:
+        """Feed a paid reply to the failure-rate guard. When it trips, the failures behind it
+        (and any after it) give their attempts back: the run was at fault, not the units."""
+        outcome = judged.outcome
+        if not judged.input_tokens and not (
+            isinstance(outcome, UnitFailure) and outcome.reason in _REQUEST_FAULTS
+        ):
+            return []  # no reply and not a request the provider refused: not this guard's
+        failed = isinstance(outcome, UnitFailure)
+        refund = (
+            AttemptRefund(outcome.unit_id, outcome.attempt_id, outcome.run_id) if failed else None
         )
+        reason = outcome.reason if isinstance(outcome, UnitFailure) else None
+        already = self.failure_rate.tripped is not None
+        message = self.failure_rate.record(reason, refund)
+        if message is not None:
+            self.request_stop(message, ExitCode.FAILURE_RATE)
+            return self.failure_rate.window_refunds()
+        return [refund] if already and refund is not None else []
+
+    def _drift_reading(self) -> DriftReading:
+        return DriftReading(
+            units=self.state.processed,
+            money=replace(self.state.money),  # a copy: the figures at this unit
+            estimated_unit_ticks=self.config.estimate_unit_ticks,
+            balance_slack_ticks=self.config.balance_slack_ticks,
+        )
+
+    def _check_drift(self, reading: DriftReading) -> None:
+        """Decide on the figures as they stood at the unit that made the check due, at once;
+        then, if nothing is wrong yet, read the balance in the background (a network call,
+        during which more units land and are spooled)."""
         problems = self.drift.problems(reading)
-        if not problems and self._balance is not None and self._balance_at_start is not None:
-            now = await self._balance()
-            if now is not None:
-                reading = replace(reading, balance_drop_ticks=self._balance_at_start - now)
-                problems = self.drift.problems(reading)
+        if problems or self._balance is None or self._balance_at_start is None:
+            if not problems and self.drift.unbilled_alarm(reading.money):
+                problems = [self._cannot_verify(reading)]
+            self._drift_found(reading, problems)
+            return
+        if self._balance_check is None or self._balance_check.done():
+            self._balance_check = asyncio.create_task(self._check_balance(reading))
+
+    async def _check_balance(self, reading: DriftReading) -> None:
+        """The balance against what the run can account for when the balance comes back: every
+        request billed by then, plus those in flight (xAI bills at acceptance) at their worst."""
+        assert self._balance is not None and self._balance_at_start is not None
+        in_flight = self.state.in_flight
+        now = await self._balance()
+        if now is None:
+            if self.drift.unbilled_alarm(reading.money):
+                self._drift_found(reading, [self._cannot_verify(reading)])
+            return
+        in_flight = max(in_flight, self.state.in_flight)
+        reading = replace(
+            self._drift_reading(),
+            balance_drop_ticks=self._balance_at_start - now,
+            in_flight_ticks=in_flight * self._worst_case_ticks(None),
+        )
+        self._drift_found(reading, self.drift.problems(reading))
+
+    @staticmethod
+    def _cannot_verify(reading: DriftReading) -> str:
+        money = reading.money
+        return (
+            f"xAI sent no cost_in_usd_ticks with {money.unbilled_replies} of {money.replies} "
+            "replies, and the prepaid balance cannot be read: knrun cannot see what this run "
+            "is being billed (set XAI_MANAGEMENT_KEY so the balance is checked instead)"
+        )
+
+    def _drift_found(self, reading: DriftReading, problems: list[str]) -> None:
+        money = reading.money
         self.emit(
             Event(
                 "drift_check",
                 "; ".join(problems) or "ok",
                 {
                     "units": reading.units,
-                    "tracked": reading.tracked_ticks,
-                    "billed": reading.billed_ticks,
+                    "tracked": money.tracked_ticks,
+                    "billed": money.billed_ticks,
+                    "unbilled_replies": money.unbilled_replies,
+                    "possibly_billed": money.possible_ticks,
                     "balance_drop": reading.balance_drop_ticks,
                 },
             )

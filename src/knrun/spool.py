@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from knrun.errors import StoreError
-from knrun.store.types import Outcome, UnitFailure, UnitResult, UnitStore
+from knrun.store.types import AttemptRefund, Outcome, UnitFailure, UnitResult, UnitStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -54,15 +54,21 @@ class Delivery:
     lost: list[str] = field(default_factory=list)  # refused, and never in the spool to keep
 
 
+_KINDS: dict[str, type[Outcome]] = {
+    "result": UnitResult,
+    "failure": UnitFailure,
+    "refund": AttemptRefund,
+}
+_KIND_OF = {cls: name for name, cls in _KINDS.items()}
+
+
 def encode(outcome: Outcome) -> tuple[str, str]:
-    kind = "result" if isinstance(outcome, UnitResult) else "failure"
     # vars(), not asdict(): the fields are flat, and asdict deep-copies on the hot path.
-    return kind, json.dumps(vars(outcome), ensure_ascii=False)
+    return _KIND_OF[type(outcome)], json.dumps(vars(outcome), ensure_ascii=False)
 
 
 def decode(kind: str, payload: str) -> Outcome:
-    data = json.loads(payload)
-    return UnitResult(**data) if kind == "result" else UnitFailure(**data)
+    return _KINDS[kind](**json.loads(payload))
 
 
 class Spool:

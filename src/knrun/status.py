@@ -63,9 +63,11 @@ def status_report(
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     per_unit = progress.done_cost_ticks // progress.done if progress.done else None
+    money = progress.money
     summaries = [run_summary(run, now) for run in runs or [] if run.version == job.version]
     working = [s for s in summaries if s["kind"] in ("go", "retry", "canary")]
     current = [s for s in working if s["state"] in ("running", "stale")]
+    dead = [s["run_id"] for s in working if s["state"] == "dead"]
     last = next((s for s in working if s["rate_per_min"]), None)
     rate = last["rate_per_min"] if last else None
     eta = round(progress.remaining / rate, 1) if rate and progress.remaining else None
@@ -82,15 +84,24 @@ def status_report(
         "retry_exhausted": progress.retry_exhausted,
         "max_attempts": max_attempts,
         "failed_by_reason": progress.failed_by_reason,
-        "spent_usd": usd(progress.spent_billed_ticks),
-        "spent_ticks": progress.spent_billed_ticks,
-        "tracked_usd": usd(progress.spent_tracked_ticks),
+        "spent_usd": usd(money.spent_ticks),
+        "spent_ticks": money.spent_ticks,
+        "spent_max_usd": usd(money.spent_max_ticks),
+        "billed_usd": usd(money.billed_ticks),
+        "tracked_usd": usd(money.tracked_ticks),
+        "requests": money.requests,
+        "unbilled_replies": money.unbilled_replies,
+        "unbilled_tracked_usd": usd(money.unbilled_tracked_ticks),
+        "possibly_billed_requests": money.possible_requests,
+        "possibly_billed_usd": usd(money.possible_ticks),
+        "possibly_billed_expected_usd": usd(money.expected_ticks),
         "done_cost_usd": usd(progress.done_cost_ticks),
         "cost_per_unit_usd": usd(per_unit) if per_unit is not None else None,
         "avg_input_tokens": _rounded(progress.avg_input_tokens),
         "avg_output_tokens": _rounded(progress.avg_output_tokens),
         "last_processed_at": progress.last_processed_at,
         "current_runs": current,
+        "dead_runs": dead,
         "last_run": last,
         "rate_per_min": rate,
         "eta_minutes": eta,

@@ -22,6 +22,8 @@ NOTABLE = {
     "run_started",
     "replayed",
     "released",
+    "dead_runs",
+    "possibly_billed",
     "rate_limited",
     "stopping",
     "store_error",
@@ -40,12 +42,31 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def money_note(state: RunState) -> str:
+    """What the spent figure holds beyond the provider's bills, if anything."""
+    money = state.money
+    parts = []
+    if money.unbilled_replies:
+        parts.append(
+            f"{money.unbilled_replies} replies without a bill "
+            f"({format_usd(money.unbilled_tracked_ticks)} at pricing.toml)"
+        )
+    if money.possible_requests:
+        parts.append(
+            f"{money.possible_requests} possibly billed (up to {format_usd(money.possible_ticks)})"
+        )
+    return "; ".join(parts)
+
+
 def progress_line(state: RunState) -> str:
     cap = f" / cap {format_usd(state.cap_ticks, 2)}" if state.cap_ticks else ""
+    note = money_note(state)
     return (
         f"{state.processed}/{state.total} units ({state.done} ok, {state.failed} failed) · "
         f"{state.units_per_minute():.0f}/min · eta {_duration(state.eta_seconds())} · "
-        f"spent {format_usd(state.billed_ticks)}{cap} · 429s {state.rate_limited} · "
+        f"spent {format_usd(state.money.spent_ticks)}{cap}"
+        + (f" ({note})" if note else "")
+        + f" · 429s {state.rate_limited} in {state.rate_limit_rounds} rounds · "
         f"in flight {state.in_flight} · write backlog {state.write_backlog}"
         + (f" · store errors {state.store_errors}" if state.store_errors else "")
     )
@@ -73,10 +94,12 @@ def panel(state: RunState) -> Panel:
         f"{format_usd(state.billed_ticks)} billed · {format_usd(state.tracked_ticks)} "
         f"tracked · estimate {estimate} · cap {cap}",
     )
+    if note := money_note(state):
+        grid.add_row("unverified", f"[yellow]{note}[/]")
     reasons = ", ".join(f"{k} {v}" for k, v in state.failed_by_reason.most_common(4)) or "none"
     grid.add_row("failures", reasons)
     cooling = " · [yellow]cooling down[/]" if state.cooling_down else ""
-    grid.add_row("429s", f"{state.rate_limited}{cooling}")
+    grid.add_row("429s", f"{state.rate_limited} in {state.rate_limit_rounds} rounds{cooling}")
     grid.add_row(
         "pipeline",
         f"{state.queued} queued · {state.in_flight} in flight · "

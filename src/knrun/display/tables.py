@@ -33,8 +33,25 @@ def show_status(report: dict[str, Any]) -> None:
         )
     table.add_row("remaining", f"{report['remaining']:,}", f"leased now: {report['leased']:,}")
     table.add_row(
-        "spent", f"${report['spent_usd']}", f"billed by runs; tracked ${report['tracked_usd']}"
+        "spent",
+        f"${report['spent_usd']}",
+        f"billed ${report['billed_usd']} over {report['requests']:,} requests; tracked "
+        f"${report['tracked_usd']}",
     )
+    if report["unbilled_replies"]:
+        table.add_row(
+            "without a bill",
+            f"{report['unbilled_replies']:,}",
+            f"replies with no cost_in_usd_ticks: ${report['unbilled_tracked_usd']} at "
+            "pricing.toml's prices",
+        )
+    if report["possibly_billed_requests"]:
+        table.add_row(
+            "possibly billed",
+            f"{report['possibly_billed_requests']:,}",
+            f"timed out or dropped after sending: ~${report['possibly_billed_expected_usd']}, "
+            f"up to ${report['possibly_billed_usd']}",
+        )
     per_unit = report["cost_per_unit_usd"]
     table.add_row(
         "cost of done", f"${report['done_cost_usd']}", f"${per_unit}/unit" if per_unit else ""
@@ -51,6 +68,12 @@ def show_status(report: dict[str, Any]) -> None:
             run["run_id"],
             f"{note}; {run['units_ok']} ok, {run['units_failed']} failed, "
             f"${run['billed_usd']} billed; updated {run['updated_at']}",
+        )
+    if report.get("dead_runs"):
+        table.add_row(
+            "dead runs",
+            f"{len(report['dead_runs'])}",
+            "their process died; the next start in their folder wrote what they had spooled",
         )
     last = report.get("last_run")
     if last and last["state"] not in ("running", "stale"):

@@ -7,14 +7,32 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from knrun.errors import ConfigError, StoreError
 from knrun.job import JobSpec
-from knrun.store.sql import POSITION, RUN_COLUMNS, RUNS_TABLE, Statement, UnitSql
-from knrun.store.types import Outcome, Progress, RunRecord, Unit, UnitFailure, UnitResult
+from knrun.store.sql import (
+    CHARGES_TABLE,
+    POSITION,
+    RUN_COLUMNS,
+    RUNS_TABLE,
+    Statement,
+    UnitSql,
+)
+from knrun.store.types import (
+    AttemptRefund,
+    Money,
+    Outcome,
+    Progress,
+    RunRecord,
+    Unit,
+    UnitFailure,
+    UnitResult,
+)
 
 Rows = list[dict[str, Any]]
+CHARGES_STATEMENT_BYTES = 600  # the charges statement's SQL, before its rows
 
 
 class SqlUnitStore(ABC):
@@ -29,7 +47,9 @@ class SqlUnitStore(ABC):
         self._clock = clock
         # What a backend says when `knrun db migrate` has not run for this job yet.
         prefix = re.escape(job.source.prefix)
-        self._unmigrated = re.compile(rf"no such (column: {prefix}\w+|table: {RUNS_TABLE})")
+        self._unmigrated = re.compile(
+            rf"no such (column: {prefix}\w+|table: ({RUNS_TABLE}|{CHARGES_TABLE}))"
+        )
 
     @abstractmethod
     async def _execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Rows]:
@@ -83,6 +103,7 @@ class SqlUnitStore(ABC):
         added = [name for name in wanted if name not in existing]
         statements = [self.sql.add_column(name, wanted[name]) for name in added]
         statements.append(self.sql.create_runs_table())
+        statements += self.sql.create_charges_table()
         if runs_info:  # a runs table from an older knrun: add what it lacks
             have = {row["name"] for row in runs_info}
             for name in RUN_COLUMNS:
@@ -100,13 +121,23 @@ class SqlUnitStore(ABC):
         [rows] = await self.execute([self.sql.sample_remaining(limit)], idempotent=True)
         return rows
 
+    async def sample_failed(self, limit: int) -> list[dict[str, Any]]:
+        [rows] = await self.execute([self.sql.sample_failed(limit)], idempotent=True)
+        return rows
+
     async def exhausted(self, max_attempts: int, limit: int = 20) -> list[dict[str, Any]]:
         [rows] = await self.execute([self.sql.exhausted(max_attempts, limit)], idempotent=True)
         return rows
 
-    async def count_claimable(self, *, failed_only: bool = False, max_attempts: int = 0) -> int:
+    async def count_claimable(
+        self,
+        *,
+        failed_only: bool = False,
+        max_attempts: int = 0,
+        reasons: Sequence[str] | None = None,
+    ) -> int:
         statement = self.sql.count_claimable(
-            int(self._clock()), failed_only=failed_only, max_attempts=max_attempts
+            int(self._clock()), failed_only=failed_only, max_attempts=max_attempts, reasons=reasons
         )
         [rows] = await self.execute([statement], idempotent=True)
         return int(rows[0]["n"])
@@ -124,6 +155,7 @@ class SqlUnitStore(ABC):
         failed_only: bool = False,
         max_attempts: int = 0,
         start: int | None = None,
+        reasons: Sequence[str] | None = None,
     ) -> list[Unit]:
         if n <= 0:
             return []
@@ -136,6 +168,7 @@ class SqlUnitStore(ABC):
             failed_only=failed_only,
             max_attempts=max_attempts,
             start=start,
+            reasons=reasons,
         )
         # Not idempotent: a repeated claim would lease a second page. A lost page is not lost
         # work: its lease expires, or the next start on this machine releases it.
@@ -148,34 +181,51 @@ class SqlUnitStore(ABC):
         units.sort(key=lambda unit: unit.position)  # RETURNING promises no order
         return units
 
-    def outcome_statements(self, outcomes: Sequence[Outcome]) -> list[Statement]:
-        return [
-            self.sql.write_result(o) if isinstance(o, UnitResult) else self.sql.write_failure(o)
-            for o in outcomes
-        ]
+    def outcome_statement(self, outcome: Outcome) -> Statement:
+        if isinstance(outcome, UnitResult):
+            return self.sql.write_result(outcome)
+        if isinstance(outcome, UnitFailure):
+            return self.sql.write_failure(outcome)
+        return self.sql.refund_attempt(outcome)
+
+    def request_statements(self, outcomes: Sequence[Outcome]) -> list[Statement]:
+        """One request's statements: each outcome's write, then the money of those that cost
+        any, in the same transaction, so a unit's result and its charge land together."""
+        statements = [self.outcome_statement(o) for o in outcomes]
+        charged = [o for o in outcomes if not isinstance(o, AttemptRefund) and o.charged]
+        if charged:
+            statements.append(self.sql.insert_charges(charged))
+        return statements
 
     async def write_results(self, outcomes: Sequence[Outcome]) -> None:
         """One request per `request_budget_bytes` of statements: usually exactly one."""
-        for chunk in self.pack(self.outcome_statements(outcomes)):
-            await self.execute(chunk, idempotent=True)
+        for chunk in self.pack(outcomes):
+            await self.execute(self.request_statements(chunk), idempotent=True)
 
-    def pack(self, statements: Sequence[Statement]) -> list[list[Statement]]:
-        """Split statements into as few requests as the size budget allows, in order."""
+    def pack(self, outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
+        """Split outcomes into as few requests as the size budget allows, in order (each
+        outcome counts its write and its charge row)."""
         if self.request_budget_bytes is None:
-            return [list(statements)] if statements else []
-        chunks: list[list[Statement]] = []
-        current: list[Statement] = []
-        size = 0
-        for statement in statements:
-            cost = statement_size(statement)
+            return [list(outcomes)] if outcomes else []
+        chunks: list[list[Outcome]] = []
+        current: list[Outcome] = []
+        size = CHARGES_STATEMENT_BYTES
+        for outcome in outcomes:
+            cost = statement_size(self.outcome_statement(outcome)) + self._charge_size(outcome)
             if current and size + cost > self.request_budget_bytes:
                 chunks.append(current)
-                current, size = [], 0
-            current.append(statement)
+                current, size = [], CHARGES_STATEMENT_BYTES
+            current.append(outcome)
             size += cost
         if current:
             chunks.append(current)
         return chunks
+
+    def _charge_size(self, outcome: Outcome) -> int:
+        if isinstance(outcome, AttemptRefund) or not outcome.charged:
+            return 0
+        row = json.dumps(self.sql.charge_row(outcome), ensure_ascii=False, separators=(",", ":"))
+        return len(row.encode()) + 8  # the row, escaped once more as a string parameter
 
     async def mark_failed(self, failures: Sequence[UnitFailure]) -> None:
         await self.write_results(failures)
@@ -198,8 +248,8 @@ class SqlUnitStore(ABC):
 
     async def progress(self, max_attempts: int = 0) -> Progress:
         now = int(self._clock())
-        [figures], reasons, [spent] = await self.execute(
-            [self.sql.progress(now, max_attempts), self.sql.failures_by_reason(), self.sql.spent()],
+        [figures], reasons, [money] = await self.execute(
+            [self.sql.progress(now, max_attempts), self.sql.failures_by_reason(), self.sql.money()],
             idempotent=True,
         )
         return Progress(
@@ -215,9 +265,20 @@ class SqlUnitStore(ABC):
             avg_output_tokens=_optional_float(figures["avg_output"]),
             last_processed_at=figures["last_processed"],
             failed_by_reason={str(row["reason"]): int(row["n"]) for row in reasons},
-            spent_billed_ticks=int(spent["billed"]),
-            spent_tracked_ticks=int(spent["tracked"]),
+            money=_money(money),
         )
+
+    async def money(self, *, kind: str | None = None, since: str | None = None) -> Money:
+        """This version's charges summed; only runs of `kind` started since `since` if given."""
+        [[row]] = await self.execute([self.sql.money(kind=kind, since=since)], idempotent=True)
+        return _money(row)
+
+    async def mark_dead_runs(self, owner_prefix: str) -> list[str]:
+        """Mark runs of this owner prefix still "running" as dead; returns their ids."""
+        [rows] = await self.execute(
+            [self.sql.mark_dead_runs(owner_prefix, utc_stamp(self._clock()))], idempotent=True
+        )
+        return [str(row["run_id"]) for row in rows]
 
     async def record_run(self, run: RunRecord) -> None:
         await self.execute([self.sql.upsert_run(run)], idempotent=True)
@@ -233,6 +294,14 @@ def statement_size(statement: Statement) -> int:
     """Bytes a statement adds to a JSON request body (close enough to budget with)."""
     params = json.dumps(list(statement.params), ensure_ascii=False, separators=(",", ":"))
     return len(statement.sql.encode()) + len(params.encode()) + 24
+
+
+def _money(row: dict[str, Any]) -> Money:
+    return Money(**{name: int(row[name] or 0) for name in Money.__dataclass_fields__})
+
+
+def utc_stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _optional_float(value: Any) -> float | None:

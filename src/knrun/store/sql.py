@@ -15,7 +15,7 @@ from typing import Any
 
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
-from knrun.store.types import RunRecord, UnitFailure, UnitResult
+from knrun.store.types import AttemptRefund, RunRecord, UnitFailure, UnitResult
 
 RUNS_TABLE = "knrun_runs"
 POSITION = "knrun_position"  # the claimed row's rowid, as a claim returns it
@@ -37,7 +37,18 @@ BOOKKEEPING_COLUMNS: dict[str, str] = {
     "attempts": "INTEGER",  # attempts at status_version
     "lease_owner": "TEXT",
     "lease_expires": "INTEGER",  # unix seconds
+    "attempt_id": "TEXT",  # the last request's id (charges table key; a refund clears it)
+    "request_hash": "TEXT",  # what was sent when the unit last failed (JobSpec.request_hash)
 }
+# Failure reasons `knrun retry` takes by default: a second try can turn out differently. The
+# others depend on the request itself and are retried only once the request changes.
+TRANSIENT_REASONS = (
+    "invalid_json",
+    "bad_response",
+    "retries_exhausted",
+    "timeout",
+    "dropped",
+)
 
 # The runs table's columns and their definitions; `detail` (JSON) stays last.
 RUN_COLUMNS: dict[str, str] = {
@@ -59,7 +70,24 @@ RUN_COLUMNS: dict[str, str] = {
     "tracked_ticks": "INTEGER NOT NULL DEFAULT 0",
     "billed_ticks": "INTEGER NOT NULL DEFAULT 0",
     "estimate_ticks": "INTEGER",
+    "owner": "TEXT",  # lease owner of the run's units: a dead run's are given back
     "detail": "TEXT",
+}
+CHARGES_TABLE = "knrun_charges"
+# One row per request that cost or may have cost money, inserted with the unit's write in the
+# same transaction and keyed by the request's attempt id, so a repeated write counts it once.
+CHARGE_COLUMNS: dict[str, str] = {
+    "attempt_id": "TEXT PRIMARY KEY",
+    "run_id": "TEXT NOT NULL",
+    "job": "TEXT NOT NULL",
+    "version": "TEXT NOT NULL",
+    "unit_id": "TEXT",
+    "outcome": "TEXT NOT NULL",  # done, or the failure reason
+    "billed_ticks": "INTEGER",  # NULL: the reply carried no cost_in_usd_ticks
+    "tracked_ticks": "INTEGER NOT NULL DEFAULT 0",
+    "possible_ticks": "INTEGER NOT NULL DEFAULT 0",
+    "expected_ticks": "INTEGER NOT NULL DEFAULT 0",
+    "at": "TEXT NOT NULL",
 }
 _RUN_COLUMNS = tuple(RUN_COLUMNS)
 
@@ -109,6 +137,17 @@ class UnitSql:
         return Statement(f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} ({columns})")
 
     @staticmethod
+    def create_charges_table() -> list[Statement]:
+        columns = ", ".join(f"{name} {definition}" for name, definition in CHARGE_COLUMNS.items())
+        return [
+            Statement(f"CREATE TABLE IF NOT EXISTS {CHARGES_TABLE} ({columns})"),
+            Statement(
+                f"CREATE INDEX IF NOT EXISTS {CHARGES_TABLE}_version "
+                f"ON {CHARGES_TABLE} (job, version)"
+            ),
+        ]
+
+    @staticmethod
     def runs_table_info() -> Statement:
         return Statement(f"PRAGMA table_info({RUNS_TABLE})")
 
@@ -135,18 +174,45 @@ class UnitSql:
         c = self.col
         return f"({self._not_done()} AND {c['status_version']} = ? AND {c['status']} = 'failed')"
 
-    def _retry_clause(self, max_attempts: int) -> tuple[str, tuple[Any, ...]]:
+    def _reason(self) -> str:
+        """The failure reason: the error text up to its first ':' ("invalid_json: ...")."""
+        error = self.col["error"]
+        return (
+            f"CASE WHEN instr({error}, ':') > 0 THEN substr({error}, 1, instr({error}, ':') - 1) "
+            f"ELSE COALESCE({error}, 'unknown') END"
+        )
+
+    def _retry_clause(
+        self, max_attempts: int, reasons: Sequence[str] | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """Failed units to retry: under the attempt limit and, when `reasons` is given, failed
+        for one of them or failed for a request that has changed since."""
         c = self.col
         clause = f"({self.job.source.where}) AND {self._failed_here()}"
         params: tuple[Any, ...] = (self.version, self.version)
         if max_attempts > 0:
             clause += f" AND COALESCE({c['attempts']}, 0) < ?"
             params += (max_attempts,)
+        if reasons is not None:
+            clause += (
+                f" AND ({self._reason()} IN (SELECT value FROM json_each(?)) "
+                f"OR COALESCE({c['request_hash']}, '') != ?)"
+            )
+            params += (json.dumps(list(reasons)), self.job.request_hash)
         return clause, params
 
     def sample_remaining(self, limit: int) -> Statement:
         """Inputs of up to `limit` remaining units, a random sample when there are more."""
         clause, params = self._resume_clause()
+        columns = ", ".join(quote(column) for column in self.input_columns)
+        return Statement(
+            f"SELECT {columns} FROM {self.table} WHERE {clause} ORDER BY random() LIMIT ?",
+            (*params, limit),
+        )
+
+    def sample_failed(self, limit: int) -> Statement:
+        """Inputs of up to `limit` units that failed at this version, at random."""
+        clause, params = self._retry_clause(0)
         columns = ", ".join(quote(column) for column in self.input_columns)
         return Statement(
             f"SELECT {columns} FROM {self.table} WHERE {clause} ORDER BY random() LIMIT ?",
@@ -167,6 +233,7 @@ class UnitSql:
         failed_only: bool,
         max_attempts: int,
         start: int | None,
+        reasons: Sequence[str] | None = None,
     ) -> Statement:
         """One statement: lease up to n eligible, unleased units from row `start` on (from the
         first row when None), in rowid order, and return their inputs and rowids.
@@ -174,7 +241,9 @@ class UnitSql:
         The rowid cursor makes each claim read about a page of rows: without it, every claim
         scans past all the units already done, O(n^2) rows over a run (and D1 bills rows read).
         """
-        clause, params = self._retry_clause(max_attempts) if failed_only else self._resume_clause()
+        clause, params = (
+            self._retry_clause(max_attempts, reasons) if failed_only else self._resume_clause()
+        )
         owner_col, expires_col = self.col["lease_owner"], self.col["lease_expires"]
         returning = ", ".join(quote(column) for column in self.input_columns)
         sql = (
@@ -187,10 +256,19 @@ class UnitSql:
         first = MIN_ROWID if start is None else start
         return Statement(sql, (owner, expires, first, *params, now, n))
 
-    def count_claimable(self, now: int, *, failed_only: bool, max_attempts: int) -> Statement:
+    def count_claimable(
+        self,
+        now: int,
+        *,
+        failed_only: bool,
+        max_attempts: int,
+        reasons: Sequence[str] | None = None,
+    ) -> Statement:
         """Units a claim could take now: eligible and not leased. (A unit whose result is still
         on its way to the store is leased by its run, so it does not count.)"""
-        clause, params = self._retry_clause(max_attempts) if failed_only else self._resume_clause()
+        clause, params = (
+            self._retry_clause(max_attempts, reasons) if failed_only else self._resume_clause()
+        )
         owner_col, expires_col = self.col["lease_owner"], self.col["lease_expires"]
         return Statement(
             f"SELECT COUNT(*) AS n FROM {self.table} WHERE {clause} "
@@ -226,6 +304,7 @@ class UnitSql:
             ("processed_at", result.processed_at),
             ("run_id", result.run_id),
             ("status_version", self.version),
+            ("attempt_id", result.attempt_id or None),
         ]
         assignments += [f"{c[name]} = ?" for name, _ in bookkeeping]
         params += [value for _, value in bookkeeping]
@@ -249,6 +328,7 @@ class UnitSql:
         sql = (
             f"UPDATE {self.table} SET {c['status']} = 'failed', {c['status_version']} = ?, "
             f"{c['error']} = ?, {c['run_id']} = ?, {c['processed_at']} = ?, "
+            f"{c['attempt_id']} = ?, {c['request_hash']} = ?, "
             f"{self._attempts_expr()}, {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
             f"WHERE {self.id} = ? AND {c['lease_owner']} = ? AND {self._not_done()}"
         )
@@ -257,12 +337,50 @@ class UnitSql:
             failure.error_text[:2000],
             failure.run_id,
             failure.processed_at,
+            failure.attempt_id or None,
+            failure.request_hash or None,
             self.version,
             failure.unit_id,
             failure.owner,
             self.version,
         )
         return Statement(sql, params)
+
+    def refund_attempt(self, refund: AttemptRefund) -> Statement:
+        """Take back the attempt a failure counted; once only, as it clears the attempt id."""
+        c = self.col
+        return Statement(
+            f"UPDATE {self.table} SET {c['attempts']} = MAX(COALESCE({c['attempts']}, 1) - 1, 0), "
+            f"{c['attempt_id']} = NULL WHERE {self.id} = ? AND {c['attempt_id']} = ?",
+            (refund.unit_id, refund.attempt_id),
+        )
+
+    @staticmethod
+    def charge_row(o: UnitResult | UnitFailure) -> dict[str, Any]:
+        """One outcome's entry in the charges statement's JSON array."""
+        return {
+            "attempt_id": o.attempt_id,
+            "run_id": o.run_id,
+            "unit_id": str(o.unit_id),
+            "outcome": o.reason if isinstance(o, UnitFailure) else "done",
+            "billed_ticks": o.billed_ticks,
+            "tracked_ticks": o.tracked_ticks,
+            "possible_ticks": o.possible_ticks if isinstance(o, UnitFailure) else 0,
+            "expected_ticks": o.expected_ticks if isinstance(o, UnitFailure) else 0,
+            "at": o.processed_at,
+        }
+
+    def insert_charges(self, outcomes: Sequence[UnitResult | UnitFailure]) -> Statement:
+        """Every charged outcome's money as one statement (one JSON parameter: D1 allows 100
+        bound parameters). INSERT OR IGNORE on the attempt id: a repeated write counts once."""
+        rows = [self.charge_row(o) for o in outcomes]
+        names = [name for name in CHARGE_COLUMNS if name not in ("job", "version")]
+        picks = ", ".join(f"json_extract(value, '$.{name}')" for name in names)
+        return Statement(
+            f"INSERT OR IGNORE INTO {CHARGES_TABLE} (job, version, {', '.join(names)}) "
+            f"SELECT ?, ?, {picks} FROM json_each(?)",
+            (self.job.name, self.version, json.dumps(rows, ensure_ascii=False)),
+        )
 
     def release(self, owner: str, unit_ids: Sequence[Any] | None) -> Statement:
         c = self.col
@@ -316,15 +434,8 @@ class UnitSql:
         return Statement(sql, tuple(params))
 
     def failures_by_reason(self) -> Statement:
-        c = self.col
-        error = c["error"]
-        # The reason is the error text up to its first ':' ("invalid_json: Expecting ...").
-        reason = (
-            f"CASE WHEN instr({error}, ':') > 0 THEN substr({error}, 1, instr({error}, ':') - 1) "
-            f"ELSE COALESCE({error}, 'unknown') END"
-        )
         return Statement(
-            f"SELECT {reason} AS reason, COUNT(*) AS n FROM {self.table} "
+            f"SELECT {self._reason()} AS reason, COUNT(*) AS n FROM {self.table} "
             f"WHERE ({self.job.source.where}) AND {self._failed_here()} "
             "GROUP BY reason ORDER BY n DESC",
             (self.version, self.version),
@@ -340,12 +451,42 @@ class UnitSql:
             (self.version, self.version, max_attempts, limit),
         )
 
-    def spent(self) -> Statement:
+    def money(self, *, kind: str | None = None, since: str | None = None) -> Statement:
+        """This version's charges summed (`Money`); only those of runs of `kind` started at or
+        after `since` when given."""
+        unbilled = "c.billed_ticks IS NULL AND c.possible_ticks = 0"
+        sums = {
+            "requests": "1",
+            "replies": "CASE WHEN c.possible_ticks = 0 THEN 1 ELSE 0 END",
+            "billed_ticks": "c.billed_ticks",
+            "billed_tracked_ticks": "CASE WHEN c.billed_ticks IS NOT NULL THEN c.tracked_ticks END",
+            "tracked_ticks": "c.tracked_ticks",
+            "unbilled_replies": f"CASE WHEN {unbilled} THEN 1 ELSE 0 END",
+            "unbilled_tracked_ticks": f"CASE WHEN {unbilled} THEN c.tracked_ticks END",
+            "possible_requests": "CASE WHEN c.possible_ticks > 0 THEN 1 ELSE 0 END",
+            "possible_ticks": "c.possible_ticks",
+            "expected_ticks": "c.expected_ticks",
+        }
+        where, params = "c.job = ? AND c.version = ?", [self.job.name, self.version]
+        joined = ""
+        if kind is not None:
+            joined = f" JOIN {RUNS_TABLE} r ON r.run_id = c.run_id"
+            where += " AND r.kind = ? AND r.started_at >= ?"
+            params += [kind, since or ""]
+        columns = ", ".join(f"COALESCE(SUM({expr}), 0) AS {name}" for name, expr in sums.items())
         return Statement(
-            "SELECT COALESCE(SUM(billed_ticks), 0) AS billed, "
-            "COALESCE(SUM(tracked_ticks), 0) AS tracked "
-            f"FROM {RUNS_TABLE} WHERE job = ? AND version = ? AND kind != 'preflight'",
-            (self.job.name, self.version),
+            f"SELECT {columns} FROM {CHARGES_TABLE} c{joined} WHERE {where}", tuple(params)
+        )
+
+    @staticmethod
+    def mark_dead_runs(owner_prefix: str, now: str) -> Statement:
+        """Runs left "running" by a process of this owner prefix that died (the caller holds
+        the run lock, so none of them is alive)."""
+        return Statement(
+            f"UPDATE {RUNS_TABLE} SET state = 'dead', ended_at = COALESCE(updated_at, ?), "
+            "exit_reason = 'the process died before it finished (found at a later start)' "
+            "WHERE state = 'running' AND substr(owner, 1, ?) = ? RETURNING run_id",
+            (now, len(owner_prefix), owner_prefix),
         )
 
     # -- runs -------------------------------------------------------------------------------------

@@ -18,7 +18,11 @@ class Unit:
 
 @dataclass(frozen=True)
 class UnitResult:
-    """A validated, paid-for result, ready to write. `values` maps output column to value."""
+    """A validated, paid-for result, ready to write. `values` maps output column to value.
+
+    The money fields say what this attempt cost as knrun knows it: `billed_ticks` is the
+    provider's own figure (None when the reply carried none), `tracked_ticks` is pricing.toml x
+    usage, and `cost_ticks` (written to the unit) is the billed figure, else the tracked one."""
 
     unit_id: Any
     values: dict[str, Any]
@@ -28,11 +32,24 @@ class UnitResult:
     output_tokens: int
     processed_at: str  # ISO 8601 UTC
     run_id: str
+    attempt_id: str = ""  # unique per request knrun made: keys the charges table
+    billed_ticks: int | None = None
+    tracked_ticks: int = 0
+
+    @property
+    def charged(self) -> bool:
+        """A paid reply; without an attempt id (written by knrun before charges were kept),
+        its money was counted in its run's record instead."""
+        return bool(self.attempt_id)
 
 
 @dataclass(frozen=True)
 class UnitFailure:
-    """A unit that failed at this version. Only the lease holder (`owner`) may record it."""
+    """A unit that failed at this version. Only the lease holder (`owner`) may record it.
+
+    A failure may still have cost money: a reply that did not validate was billed
+    (`billed_ticks`/`tracked_ticks`), and a request that timed out or was dropped after it was
+    sent may have been (`possible_ticks`, its worst case; `expected_ticks`, the best guess)."""
 
     unit_id: Any
     reason: str  # a short code: invalid_json, schema_mismatch, truncated, ...
@@ -40,13 +57,35 @@ class UnitFailure:
     processed_at: str
     run_id: str
     owner: str
+    attempt_id: str = ""
+    billed_ticks: int | None = None
+    tracked_ticks: int = 0
+    possible_ticks: int = 0
+    expected_ticks: int = 0
+    request_hash: str = ""  # what was sent: request-bound failures are retried once it changes
 
     @property
     def error_text(self) -> str:
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
+    @property
+    def charged(self) -> bool:
+        """There was a reply (billed or not), or a request that may have been billed."""
+        paid = self.tracked_ticks > 0 or self.billed_ticks is not None or self.possible_ticks > 0
+        return paid and bool(self.attempt_id)
 
-Outcome = UnitResult | UnitFailure
+
+@dataclass(frozen=True)
+class AttemptRefund:
+    """Give back the attempt a failure used: the failure-rate guard decided the run, not the
+    unit, was at fault. Applies once (it clears the unit's attempt id)."""
+
+    unit_id: Any
+    attempt_id: str
+    run_id: str
+
+
+Outcome = UnitResult | UnitFailure | AttemptRefund
 
 
 @dataclass
@@ -65,8 +104,63 @@ class Progress:
     avg_output_tokens: float | None
     last_processed_at: str | None
     failed_by_reason: dict[str, int] = field(default_factory=dict)
-    spent_billed_ticks: int = 0  # from the runs table: everything this version's runs paid
-    spent_tracked_ticks: int = 0
+    money: Money = field(default_factory=lambda: Money())
+
+
+@dataclass
+class Money:
+    """Every request that cost or may have cost money: live in a run (its ledger), or summed
+    from the store's charges table (one row per request, written with its result in the same
+    transaction, so the sum holds after a crash)."""
+
+    requests: int = 0  # replies and possibly-billed requests
+    replies: int = 0
+    billed_ticks: int = 0  # the provider's cost_in_usd_ticks
+    billed_tracked_ticks: int = 0  # pricing.toml x usage of the replies that carried a bill
+    tracked_ticks: int = 0  # pricing.toml x usage, every reply
+    unbilled_replies: int = 0  # replies without cost_in_usd_ticks
+    unbilled_tracked_ticks: int = 0  # those replies at pricing.toml's prices
+    possible_requests: int = 0  # timed out or dropped after sending: may have been billed
+    possible_ticks: int = 0  # their worst case
+    expected_ticks: int = 0  # their best estimate
+
+    def add(self, outcome: UnitResult | UnitFailure) -> None:
+        if not outcome.charged:
+            return
+        self.requests += 1
+        if isinstance(outcome, UnitFailure) and outcome.possible_ticks:
+            self.possible_requests += 1
+            self.possible_ticks += outcome.possible_ticks
+            self.expected_ticks += outcome.expected_ticks
+            return
+        self.replies += 1
+        self.tracked_ticks += outcome.tracked_ticks
+        if outcome.billed_ticks is None:
+            self.unbilled_replies += 1
+            self.unbilled_tracked_ticks += outcome.tracked_ticks
+        else:
+            self.billed_ticks += outcome.billed_ticks
+            self.billed_tracked_ticks += outcome.tracked_ticks
+
+    @property
+    def spent_ticks(self) -> int:
+        """The best figure for what was spent: the bills, the unbilled replies at pricing.toml's
+        prices, and the possibly-billed requests at their expected cost."""
+        return self.billed_ticks + self.unbilled_tracked_ticks + self.expected_ticks
+
+    @property
+    def spent_max_ticks(self) -> int:
+        """The most that can have been spent: possibly-billed requests at their worst case.
+        The spend cap counts this."""
+        return self.billed_ticks + self.unbilled_tracked_ticks + self.possible_ticks
+
+    @property
+    def unbilled_share(self) -> float:
+        return self.unbilled_replies / self.replies if self.replies else 0.0
+
+    @property
+    def possible_share(self) -> float:
+        return self.possible_requests / self.requests if self.requests else 0.0
 
 
 @dataclass
@@ -83,7 +177,7 @@ class RunRecord:
     started_at: str
     ended_at: str | None = None
     updated_at: str | None = None
-    state: str = "running"  # running | finished
+    state: str = "running"  # running | finished | dead (its process died; seen at a later start)
     exit_code: int | None = None
     exit_reason: str | None = None
     units_ok: int = 0
@@ -92,6 +186,7 @@ class RunRecord:
     billed_ticks: int = 0
     estimate_ticks: int | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    owner: str = ""  # the lease owner of its units: "<where>:<run id>"
 
 
 class UnitStore(Protocol):
