@@ -287,7 +287,7 @@ class XaiSimulator:
         """Spend the model's latency; True when the client left first (the bill stands)."""
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
-        latency = self._latency()
+        latency = self.latency()
         self.stats.latencies.append(latency)
         work = asyncio.ensure_future(self._sleep(latency * self.scenario.latency.time_scale))
         watch = asyncio.ensure_future(disconnected()) if disconnected else None
@@ -375,7 +375,8 @@ class XaiSimulator:
             },
         }
 
-    def _latency(self) -> float:
+    def latency(self) -> float:
+        """One request's simulated latency in seconds, unscaled."""
         shape = self.scenario.latency
         if shape.median_s <= 0:
             return 0.0
