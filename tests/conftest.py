@@ -27,6 +27,7 @@ from knrun.sim.server import serve_in_thread
 from knrun.sim.xai import XaiSimulator
 from knrun.store import D1Store, SqliteStore, SqlUnitStore
 from knrun.store.limiter import RequestLimiter
+from workerd_d1 import RestConnection, WorkerdD1, node_available, serve_workerd_d1
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_JOB = ROOT / "prompts" / "kn-1.6.toml"
@@ -134,16 +135,31 @@ StoreFactory = Callable[..., SqlUnitStore]
 
 
 class Backend:
-    """One store backend under test: how to seed it, open stores on it, and read it directly."""
+    """One store backend under test: how to seed it, open stores on it, and read it directly.
+    "sqlite" is the embedded store; "d1" is D1Store against this project's simulator; "workerd"
+    is D1Store against Cloudflare's own D1 engine (workerd, through Miniflare)."""
 
-    def __init__(self, kind: str, tmp_path: Path, job: JobSpec, clock: FakeClock) -> None:
+    def __init__(
+        self,
+        kind: str,
+        tmp_path: Path,
+        job: JobSpec,
+        clock: FakeClock,
+        workerd: WorkerdD1 | None = None,
+    ) -> None:
         self.kind = kind
         self.job = job
         self.clock = clock
         self.path = tmp_path / "units.sqlite"
         self.sim: D1Simulator | None = None
+        self.workerd = workerd
+        self.conn: Any
         if kind == "sqlite":
             self.conn = sqlite3.connect(self.path, isolation_level=None)
+        elif kind == "workerd":
+            assert workerd is not None
+            self.conn = RestConnection(workerd)
+            self.conn.reset()
         else:
             self.sim = D1Simulator(self.path, clock=clock, sleep=clock.sleep)
             self.conn = self.sim.connection
@@ -155,9 +171,23 @@ class Backend:
     def open(self, job: JobSpec | None = None) -> SqlUnitStore:
         job = job or self.job
         store: SqlUnitStore
-        if self.sim is None:
+        # Contract tests are about semantics: requests are not spaced out here.
+        unlimited = RequestLimiter(1e9, clock=self.clock, sleep=self.clock.sleep)
+        if self.kind == "sqlite":
             store = SqliteStore(job, self.path, clock=self.clock)
+        elif self.workerd is not None:
+            store = D1Store(
+                job,
+                account_id=self.workerd.account_id,
+                database_id=self.workerd.database_id,
+                api_token=SecretStr(self.workerd.api_token),
+                base_url=self.workerd.base_url,
+                limiter=unlimited,
+                clock=self.clock,
+                sleep=self.clock.sleep,
+            )
         else:
+            assert self.sim is not None
             store = D1Store(
                 job,
                 account_id=self.sim.account_id,
@@ -165,8 +195,7 @@ class Backend:
                 api_token=SecretStr(self.sim.api_token),
                 base_url=self.sim.base_url(),
                 transport=self.sim.transport(),
-                # Contract tests are about semantics: requests are not spaced out here.
-                limiter=RequestLimiter(1e9, clock=self.clock, sleep=self.clock.sleep),
+                limiter=unlimited,
                 clock=self.clock,
                 sleep=self.clock.sleep,
             )
@@ -179,11 +208,33 @@ class Backend:
         return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
-@pytest.fixture(params=["sqlite", "d1"])
+WORKERD_REQUIRED = os.environ.get("KNRUN_REQUIRE_WORKERD") == "1"  # set by CI
+
+
+def workerd_unavailable() -> str | None:
+    """Why Cloudflare's D1 engine cannot run here; CI requires it, so there it is a failure."""
+    reason = node_available()
+    if reason is not None and WORKERD_REQUIRED:
+        pytest.fail(f"KNRUN_REQUIRE_WORKERD=1 but workerd D1 cannot run: {reason}")
+    return reason
+
+
+@pytest.fixture(scope="session")
+def workerd_d1() -> Iterator[WorkerdD1]:
+    """One workerd D1 server for the whole session (each test drops the tables it made)."""
+    reason = workerd_unavailable()
+    if reason is not None:
+        pytest.skip(f"workerd D1 unavailable: {reason}")
+    with serve_workerd_d1() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "d1", "workerd"])
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path, job: JobSpec, clock: FakeClock
 ) -> AsyncIterator[Backend]:
-    made = Backend(request.param, tmp_path, job, clock)
+    workerd = request.getfixturevalue("workerd_d1") if request.param == "workerd" else None
+    made = Backend(request.param, tmp_path, job, clock, workerd)
     yield made
     for store in made.opened:
         await store.close()

@@ -1,16 +1,19 @@
 """A Cloudflare D1 REST API simulator: an ASGI app over a real sqlite3 database.
 
-It keeps the rules that shape a client: each request is one transaction; explicit BEGIN, COMMIT
-and SAVEPOINT are rejected; 100 bound parameters and 100 KB per statement; only D1's allowed
-PRAGMAs; the real success and error envelopes; Cloudflare's 1,200 requests per 5 minutes, past
-which every call is refused for 5 minutes. Faults (429, overload, 503 pages, "Network connection
-lost", even a fault after the transaction committed) can be scheduled. Use it in-process with
-`httpx.ASGITransport(app=sim)` or serve it on a port.
+It keeps the rules that shape a client: each request is one transaction; the real success and
+error envelopes; Cloudflare's 1,200 requests per 5 minutes per account, past which every call is
+refused for 5 minutes, with the `Ratelimit` / `Ratelimit-Policy` headers that say how much is
+left. Statements run the way Cloudflare's own engine was measured to run them (`d1_engine.py`:
+its refusals and words, numbers bound as REAL, big integers rounded on the way back). Faults can
+be scheduled: 429s, overload, 503 pages, "Network connection lost", a revoked token, a full
+database, the free plan's daily row limit, the CPU-time reset, and any of them after the
+transaction committed. Use it in-process with `httpx.ASGITransport(app=sim)` or on a port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import sqlite3
 import time
@@ -22,6 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
+from knrun.sim import d1_engine as engine
 from knrun.sim.asgi import (
     Receive,
     Request,
@@ -33,38 +37,18 @@ from knrun.sim.asgi import (
     send_response,
 )
 
-MAX_PARAMS = 100
-MAX_STATEMENT_BYTES = 100_000
-ALLOWED_PRAGMAS = {
-    "table_list",
-    "table_info",
-    "table_xinfo",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "quick_check",
-    "foreign_key_check",
-    "foreign_key_list",
-    "case_sensitive_like",
-    "ignore_check_constraints",
-    "legacy_alter_table",
-    "recursive_triggers",
-    "reverse_unordered_selects",
-    "foreign_keys",
-    "defer_foreign_keys",
-}
 _ROUTE = re.compile(r"/accounts/(?P<account>[^/]+)/d1/database/(?P<db>[^/]+)/(?P<kind>query|raw)$")
-_TRANSACTION = re.compile(r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
-_PRAGMA = re.compile(r"^\s*PRAGMA\s+(?:\w+\.)?(\w+)", re.IGNORECASE)
-_PRAGMA_FUNCTION = re.compile(r"\bpragma_\w+\s*\(", re.IGNORECASE)
-_WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|ALTER|CREATE|DROP)\b", re.IGNORECASE)
-TRANSACTION_REFUSAL = (
-    "To execute a transaction, please use the state.storage.transaction() or "
-    "state.storage.transactionSync() APIs instead of the SQL BEGIN TRANSACTION or SAVEPOINT "
-    "statements."
-)
 
-FaultKind = Literal["rate_limited", "overloaded", "network_lost", "unavailable"]
+FaultKind = Literal[
+    "rate_limited",
+    "overloaded",
+    "network_lost",
+    "unavailable",
+    "unauthorized",  # a rotated or revoked token: every request refused
+    "db_full",  # the database reached its size limit
+    "daily_limit",  # the free plan's daily rows-read limit, until 00:00 UTC
+    "cpu_limit",  # D1 DB exceeded its CPU time limit and was reset
+]
 
 
 @dataclass(frozen=True)
@@ -98,13 +82,6 @@ class D1Stats:
                 start += 1
             best = max(best, end - start + 1)
         return best
-
-
-class _SqlRefused(Exception):
-    def __init__(self, message: str, status: int = 400, code: int = 7500) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class D1Simulator:
@@ -179,30 +156,40 @@ class D1Simulator:
         if route["account"] != self.account_id or route["db"] != self.database_id:
             return _error(404, 7404, f"The database {route['db']} could not be found")
         try:
-            body = request.json()
-            statements = _statements(body)
+            statements = engine.statements(request.json())
         except (ValueError, TypeError) as exc:
             return self._refuse(_error(400, 7400, f"Invalid request body: {exc}"))
-        is_write = any(_WRITE.match(s["sql"]) for s in statements)
+        except engine.SqlRefused as exc:
+            return self._refuse(_error(exc.status, exc.code, str(exc)))
+        is_write = any(engine.WRITE.match(s["sql"]) for s in statements)
         self.stats.write_requests += int(is_write)
         fault = self._take_fault(statements, is_write)
         if fault is not None and not fault.applied:
             return self._refuse(_fault_response(fault, self.block_s))
         try:
             results = self._run(statements, raw=route["kind"] == "raw")
-        except _SqlRefused as exc:
+        except engine.SqlRefused as exc:
             return self._refuse(_error(exc.status, exc.code, str(exc)))
         if fault is not None:
             return self._refuse(_fault_response(fault, self.block_s))
-        return Response.json(
-            200, {"success": True, "errors": [], "messages": [], "result": results}
-        )
+        payload = {"success": True, "errors": [], "messages": [], "result": results}
+        return Response.json(200, payload, self._budget_headers(self._clock()))
 
     # -- internals --------------------------------------------------------------------------------
 
     def _refuse(self, response: Response) -> Response:
         self.stats.refused += 1
         return response
+
+    def _budget_headers(self, now: float) -> dict[str, str]:
+        """Cloudflare's IETF-draft rate-limit headers: what is left of the window, and when the
+        oldest request in it rolls off."""
+        left = max(self.limit_requests - len(self._recent), 0)
+        reset = self.limit_window_s - (now - self._recent[0]) if self._recent else 0.0
+        return {
+            "ratelimit": f'"default";r={left};t={math.ceil(max(reset, 0))}',
+            "ratelimit-policy": f'"default";q={self.limit_requests};w={self.limit_window_s:g}',
+        }
 
     def _rate_limit(self, now: float) -> Response | None:
         if now < self._blocked_until:
@@ -226,7 +213,10 @@ class D1Simulator:
         conn = self.connection
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [self._run_one(s["sql"], s.get("params") or [], raw) for s in statements]
+            results = [
+                engine.run_statement(conn, s["sql"], s.get("params") or [], raw=raw)
+                for s in statements
+            ]
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -234,89 +224,6 @@ class D1Simulator:
         conn.execute("COMMIT")
         self.stats.statements += len(statements)
         return results
-
-    def _run_one(self, sql: str, params: list[Any], raw: bool) -> dict[str, Any]:
-        _check_statement(sql, params)
-        started = time.perf_counter()
-        before = self.connection.total_changes
-        try:
-            cursor = self.connection.execute(sql, params)
-            rows = cursor.fetchall()
-        except sqlite3.Error as exc:
-            name = getattr(exc, "sqlite_errorname", "SQLITE_ERROR")
-            raise _SqlRefused(f"{exc}: {name}") from None
-        columns = [d[0] for d in cursor.description or ()]
-        changes = self.connection.total_changes - before
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        page_count = self.connection.execute("PRAGMA page_count").fetchone()[0]
-        meta = {
-            "changed_db": changes > 0,
-            "changes": changes,
-            "duration": elapsed_ms,
-            "last_row_id": cursor.lastrowid or 0,
-            "rows_read": len(rows),  # the real figure counts scanned rows; this counts returned
-            "rows_written": changes,
-            "size_after": page_count * 4096,
-            "served_by_region": "OC",
-            "served_by_primary": True,
-            "timings": {"sql_duration_ms": elapsed_ms},
-        }
-        if raw:
-            results: Any = {"columns": columns, "rows": [list(row) for row in rows]}
-        else:
-            results = [dict(zip(columns, row, strict=True)) for row in rows]
-        return {"results": results, "success": True, "meta": meta}
-
-
-def _statements(body: Any) -> list[dict[str, Any]]:
-    if isinstance(body, dict) and isinstance(body.get("batch"), list):
-        items = body["batch"]
-    elif isinstance(body, dict) and "sql" in body:
-        items = _split_unbound(body)
-    else:
-        raise TypeError("expected {'sql', 'params'} or {'batch': [...]}")
-    if not items:
-        raise ValueError("empty batch")
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("sql"), str):
-            raise TypeError("every statement needs an 'sql' string")
-        if not isinstance(item.get("params", []), list):
-            raise TypeError("'params' must be an array")
-    return list(items)
-
-
-def _split_unbound(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """`sql` may hold several statements joined by ';' when it has no parameters."""
-    sql, params = body["sql"], body.get("params") or []
-    if params or not isinstance(sql, str):
-        return [body]
-    parts, current = [], ""
-    for piece in sql.split(";"):
-        current += piece + ";"
-        if sqlite3.complete_statement(current):
-            if current.strip(" \n\t;"):
-                parts.append({"sql": current.strip()})
-            current = ""
-    if current.strip(" \n\t;"):
-        parts.append({"sql": current.strip()})
-    return parts or [body]
-
-
-def _check_statement(sql: str, params: list[Any]) -> None:
-    if _TRANSACTION.match(sql):
-        raise _SqlRefused(TRANSACTION_REFUSAL)
-    pragma = _PRAGMA.match(sql)
-    if (pragma and pragma.group(1).lower() not in ALLOWED_PRAGMAS) or _PRAGMA_FUNCTION.search(sql):
-        raise _SqlRefused("not authorized: SQLITE_AUTH")
-    if len(sql.encode()) > MAX_STATEMENT_BYTES:
-        raise _SqlRefused("statement too long: SQLITE_TOOBIG")
-    if len(params) > MAX_PARAMS:
-        raise _SqlRefused("too many SQL variables: SQLITE_ERROR")
-    for value in params:
-        if isinstance(value, (dict, list)):
-            raise _SqlRefused(
-                f"D1_TYPE_ERROR: Type '{type(value).__name__}' not supported for value"
-            )
 
 
 def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -339,13 +246,21 @@ def _rate_limited(retry_after_s: float) -> Response:
     )
 
 
+_FAULTS: dict[str, tuple[int, int, str]] = {
+    "overloaded": (429, 7500, "D1_ERROR: D1 DB is overloaded. Too many requests queued."),
+    "network_lost": (500, 7500, "D1_ERROR: Network connection lost."),
+    "unauthorized": (401, 10000, "Authentication error"),
+    "db_full": (400, 7500, "D1_ERROR: Exceeded maximum DB size"),
+    "daily_limit": (400, 7500, "D1_ERROR: Your account has exceeded daily row read limit"),
+    "cpu_limit": (500, 7500, "D1_ERROR: D1 DB exceeded its CPU time limit and was reset."),
+}
+
+
 def _fault_response(fault: D1Fault, block_s: float) -> Response:
     if fault.kind == "rate_limited":
         return _rate_limited(block_s)
-    if fault.kind == "overloaded":
-        return _error(429, 7500, "D1_ERROR: D1 DB is overloaded. Too many requests queued.")
-    if fault.kind == "network_lost":
-        return _error(500, 7500, "D1_ERROR: Network connection lost.")
+    if fault.kind in _FAULTS:
+        return _error(*_FAULTS[fault.kind])
     return Response.text(
         503,
         "<html><body><h1>503 Service Temporarily Unavailable</h1><p>cloudflare</p></body></html>",
