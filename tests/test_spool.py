@@ -64,20 +64,25 @@ async def test_entries_the_store_confirmed_are_forgotten_the_rest_survive_a_rest
 
 
 class PickyStore:
-    """Refuses, outright, any batch holding unit 2; once refuses everything as 'passing'."""
+    """Refuses, outright, any batch holding unit 2; has no row for unit 4; can refuse
+    everything as 'passing' (an outage) or for good (a revoked token)."""
 
     def __init__(self) -> None:
         self.written: list[object] = []
         self.outage = False
+        self.revoked = False
 
-    async def write_results(self, outcomes: list[UnitResult]) -> None:
-        from knrun.errors import StoreError, StoreRefused
+    async def write_results(self, outcomes: list[UnitResult]) -> list[UnitResult]:
+        from knrun.errors import StoreError, StoreRefused, StoreUnusable
 
         if self.outage:
             raise StoreError("D1 HTTP 503: unavailable")
+        if self.revoked:
+            raise StoreUnusable("D1 HTTP 401: Authentication error (check CLOUDFLARE_API_TOKEN)")
         if any(o.unit_id == 2 for o in outcomes):
             raise StoreRefused("CHECK constraint failed: kn_overview")
-        self.written += [o.unit_id for o in outcomes]
+        self.written += [o.unit_id for o in outcomes if o.unit_id != 4]
+        return [o for o in outcomes if o.unit_id == 4]
 
 
 async def test_an_entry_the_store_refuses_is_quarantined_and_the_rest_are_written(
@@ -91,6 +96,55 @@ async def test_an_entry_the_store_refuses_is_quarantined_and_the_rest_are_writte
     assert store.written == [1, 3] and delivery.written == 2
     assert delivery.quarantined == ["2: CHECK constraint failed: kn_overview"]
     assert await spool.pending("kn", "1.6") == [] and await spool.quarantined() == 1
+    await spool.close()
+
+
+async def test_a_store_that_refuses_every_write_quarantines_nothing(tmp_path: Path) -> None:
+    """A rotated token is not a bad result: every entry stays pending, for the next start."""
+    from knrun.errors import StoreUnusable
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    for i in (1, 2, 3):
+        await spool.append(result(i), job="kn", version="1.6")
+    store = PickyStore()
+    store.revoked = True
+    with pytest.raises(StoreUnusable, match="CLOUDFLARE_API_TOKEN"):
+        await spool.deliver(store, await spool.pending("kn", "1.6"))  # type: ignore[arg-type]
+    assert len(await spool.pending("kn", "1.6")) == 3 and await spool.quarantined() == 0
+    await spool.close()
+
+
+async def test_a_result_whose_row_is_gone_is_kept_not_forgotten(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite")
+    for i in (3, 4):
+        await spool.append(result(i), job="kn", version="1.6")
+    store = PickyStore()
+    delivery = await spool.deliver(store, await spool.pending("kn", "1.6"))  # type: ignore[arg-type]
+    assert store.written == [3] and delivery.written == 1
+    assert delivery.quarantined == [
+        "4: no row with this id in the table (deleted, or its id changed)"
+    ]
+    assert await spool.quarantined() == 1 and await spool.pending("kn", "1.6") == []
+    await spool.close()
+
+
+async def test_the_operator_sees_every_version_and_can_set_aside_and_requeue(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool.sqlite")
+    await spool.append(result(1), job="kn", version="1.5")
+    await spool.append(result(2), job="kn", version="1.6")
+    await spool.append(result(3), job="kn", version="1.6")
+    held = {(h.job, h.version): (h.pending, h.quarantined) for h in await spool.held()}
+    assert held == {("kn", "1.5"): (1, 0), ("kn", "1.6"): (2, 0)}
+    await spool.set_aside("kn", "1.6", "set aside by the operator")
+    assert {(h.version, h.pending, h.quarantined) for h in await spool.held()} == {
+        ("1.5", 1, 0),
+        ("1.6", 0, 2),
+    }
+    assert await spool.quarantine_reasons("kn", "1.6") == ["set aside by the operator (2)"]
+    await spool.requeue("kn", "1.6")
+    assert [o.unit_id for _, o in await spool.pending("kn", "1.6")] == [2, 3]
     await spool.close()
 
 

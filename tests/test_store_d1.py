@@ -233,12 +233,33 @@ async def test_rate_limit_parks_every_request_until_retry_after(sim, job, clock)
 async def test_exceeding_1200_requests_in_5_minutes_blocks_and_the_store_waits_it_out(
     tmp_path, job, clock
 ) -> None:
-    sim = D1Simulator(tmp_path / "d1.sqlite", clock=clock, sleep=clock.sleep, limit_requests=20)
+    sim = D1Simulator(
+        tmp_path / "d1.sqlite",
+        clock=clock,
+        sleep=clock.sleep,
+        limit_requests=20,
+        ratelimit_headers=False,  # as before Cloudflare sent them: nothing to warn the client
+    )
     store = await ready_store(sim, job, clock)  # a limiter far too fast for this account
     for _ in range(25):
         await store.count_remaining()
     assert sim.stats.refused >= 1  # the block happened
     assert clock.slept >= API_BLOCK_S - 1  # and the store sat it out instead of hammering
+    await store.close()
+
+
+async def test_cloudflares_ratelimit_headers_keep_a_too_fast_client_from_the_block(
+    tmp_path, job, clock
+) -> None:
+    """What is left of the account's window (shared with the dashboard, wrangler and every
+    other runner) paces the client: it slows before the block, never into it."""
+    sim = D1Simulator(tmp_path / "d1.sqlite", clock=clock, sleep=clock.sleep, limit_requests=40)
+    store = await ready_store(sim, job, clock)  # a limiter far too fast for this account
+    for _ in range(120):
+        await store.count_remaining()
+    assert sim.stats.refused == 0  # never blocked
+    assert sim.stats.peak_in_window(300) <= 40 * 0.9 + 1  # a tenth kept for everyone else
+    assert clock.slept >= 300  # it waited for the window to roll on instead
     await store.close()
 
 
@@ -291,4 +312,5 @@ async def test_contract_backend_fixture_uses_the_simulator(backend: Backend) -> 
     await store.migrate()
     if backend.kind == "d1":
         assert isinstance(store, D1Store) and backend.sim is not None
-        assert backend.sim.stats.requests == 3  # table info, rowid check, the changes
+        # table info, where compiled, ids checked, rowid check, the changes
+        assert backend.sim.stats.requests == 5

@@ -46,6 +46,17 @@ class StoreError(KnrunError):
 
 
 class StoreRefused(StoreError):
+    """The store refused this request, for what it holds (a constraint, a type, bad SQL): the
+    same request will be refused again, but other requests may pass."""
+
+    retryable = False
+
+
+class StoreUnusable(StoreError):
+    """The store refuses every write, whatever it holds: a revoked token, a database that is
+    gone, full or read-only, a daily quota used up. Nothing is quarantined for it: results stay
+    in the spool until the operator fixes what the message names."""
+
     retryable = False
 
 

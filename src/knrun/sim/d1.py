@@ -98,6 +98,7 @@ class D1Simulator:
         limit_requests: int = 1200,
         limit_window_s: float = 300.0,
         block_s: float = 300.0,
+        ratelimit_headers: bool = True,  # Cloudflare's Ratelimit / Ratelimit-Policy (since 2025)
     ) -> None:
         self.account_id = account_id
         self.database_id = database_id
@@ -110,6 +111,7 @@ class D1Simulator:
         self.limit_requests = limit_requests
         self.limit_window_s = limit_window_s
         self.block_s = block_s
+        self.ratelimit_headers = ratelimit_headers
         self._recent: deque[float] = deque()
         self._blocked_until = 0.0
         self.faults: deque[D1Fault] = deque()  # consumed one per matching request
@@ -184,6 +186,8 @@ class D1Simulator:
     def _budget_headers(self, now: float) -> dict[str, str]:
         """Cloudflare's IETF-draft rate-limit headers: what is left of the window, and when the
         oldest request in it rolls off."""
+        if not self.ratelimit_headers:
+            return {}
         left = max(self.limit_requests - len(self._recent), 0)
         reset = self.limit_window_s - (now - self._recent[0]) if self._recent else 0.0
         return {

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -24,10 +26,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from knrun.errors import ExitCode, StoreError
+from knrun.errors import ExitCode, StoreError, StoreUnusable
 from knrun.httputil import json_body, parse_retry_after, text_excerpt
 from knrun.job import JobSpec
-from knrun.store.base import Rows, SqlUnitStore
+from knrun.store.base import Result, SqlUnitStore
 from knrun.store.limiter import RequestLimiter
 from knrun.store.sql import Statement
 
@@ -41,7 +43,14 @@ TRANSIENT_MESSAGES = (
     "transient issue on remote node",
     "client disconnected",
 )
-OVERLOAD_MESSAGES = ("is overloaded", "exceeded timeout", "exceeded its memory limit")
+OVERLOAD_MESSAGES = (
+    "is overloaded",
+    "exceeded timeout",
+    "exceeded its memory limit",
+    "exceeded its cpu time limit",
+)
+FULL_MESSAGES = ("exceeded maximum db size", "exceeded maximum account storage")
+DAILY_LIMIT = re.compile(r"exceeded daily row (read|write) limit", re.IGNORECASE)
 RATE_LIMIT_CODES = {971, 10429}
 # Full-jitter exponential backoff between retries of transient failures: 0-0.5 s, 0-1 s, ... 30 s.
 _BACKOFF = wait_random_exponential(multiplier=0.5, max=30)
@@ -56,12 +65,24 @@ class D1QueryError(D1Error):
     """Bad SQL or a constraint: repeating it cannot help."""
 
 
-class D1AuthError(D1Error):
+class D1Unusable(D1Error, StoreUnusable):
+    """D1 refuses every request, whatever it holds."""
+
+
+class D1AuthError(D1Unusable):
     exit_code = ExitCode.USAGE
 
 
-class D1NotFound(D1Error):
+class D1NotFound(D1Unusable):
     exit_code = ExitCode.USAGE
+
+
+class D1StorageFull(D1Unusable):
+    pass
+
+
+class D1DailyLimit(D1Unusable):
+    """The Workers Free plan's daily rows read or written: nothing works until 00:00 UTC."""
 
 
 class D1Transient(D1Error):
@@ -94,6 +115,12 @@ def classify_error(response: httpx.Response) -> D1Error:
         codes, message = set(), text_excerpt(response) or response.reason_phrase
     text = f"D1 HTTP {status}: {message}"
     lowered = message.lower()
+    if DAILY_LIMIT.search(message):
+        return D1DailyLimit(f"{text} ({_until_reset()})")
+    if any(fragment in lowered for fragment in FULL_MESSAGES):
+        return D1StorageFull(
+            f"{text} (the database is at its size limit: delete data or move to a larger plan)"
+        )
     if any(fragment in lowered for fragment in TRANSIENT_MESSAGES):
         return D1Transient(text)
     if any(fragment in lowered for fragment in OVERLOAD_MESSAGES):
@@ -108,6 +135,17 @@ def classify_error(response: httpx.Response) -> D1Error:
     if status >= 500:
         return D1Transient(text)
     return D1QueryError(text)
+
+
+def _until_reset(now: datetime | None = None) -> str:
+    """When the free plan's daily limits reset (00:00 UTC), from now."""
+    now = now or datetime.now(UTC)
+    reset = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    hours, rest = divmod(int((reset - now).total_seconds()), 3600)
+    return (
+        f"D1's daily row limit is used up; it resets at 00:00 UTC, in {hours} h {rest // 60} min: "
+        "run again then, or move the account to Workers Paid"
+    )
 
 
 class D1Store(SqlUnitStore):
@@ -146,7 +184,10 @@ class D1Store(SqlUnitStore):
     def describe(self) -> str:
         return "d1"
 
-    async def _execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Rows]:
+    def share_budget(self, runners: int) -> None:
+        self.limiter.share(runners)
+
+    async def _execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Result]:
         payload = [{"sql": s.sql, "params": list(s.params)} for s in statements]
         body: dict[str, Any] = payload[0] if len(payload) == 1 else {"batch": payload}
         retrying = AsyncRetrying(
@@ -161,7 +202,7 @@ class D1Store(SqlUnitStore):
                 return await self._send(body, expected=len(payload))
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _send(self, body: dict[str, Any], *, expected: int) -> list[Rows]:
+    async def _send(self, body: dict[str, Any], *, expected: int) -> list[Result]:
         await self.limiter.acquire()
         self.requests_sent += 1
         try:
@@ -174,6 +215,9 @@ class D1Store(SqlUnitStore):
             raise D1NotFound(f"CLOUDFLARE_API_BASE_URL is not a URL: {exc}") from None
         except httpx.HTTPError as exc:  # undecodable reply, too many redirects
             raise D1Transient(f"D1 request failed: {type(exc).__name__}") from None
+        self.limiter.observe(
+            response.headers.get("ratelimit"), response.headers.get("ratelimit-policy")
+        )
         envelope = json_body(response)
         if response.is_success and isinstance(envelope, dict) and envelope.get("success"):
             return _rows(envelope, expected)
@@ -199,15 +243,17 @@ def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _rows(envelope: dict[str, Any], expected: int) -> list[Rows]:
+def _rows(envelope: dict[str, Any], expected: int) -> list[Result]:
     results = envelope.get("result")
     if not isinstance(results, list) or len(results) != expected:
         raise D1Transient(f"D1 returned {len(results or [])} results for {expected} statements")
-    rows: list[Rows] = []
+    rows: list[Result] = []
     for item in results:
         if not isinstance(item, dict):
             raise D1Transient(f"D1 returned an unreadable result: {str(item)[:100]}")
         if not item.get("success", True):
             raise D1QueryError(f"D1 statement failed: {item.get('error') or item}")
-        rows.append(list(item.get("results") or []))
+        meta = item.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        rows.append(Result(list(item.get("results") or []), int(meta.get("changes") or 0)))
     return rows

@@ -19,6 +19,11 @@ from knrun.store.types import AttemptRefund, RunRecord, UnitFailure, UnitResult
 
 RUNS_TABLE = "knrun_runs"
 POSITION = "knrun_position"  # the claimed row's rowid, as a claim returns it
+ID_TEXT, ID_TYPE = "knrun_id_text", "knrun_id_type"  # the claimed row's id, exactly
+# D1 answers in JSON from JavaScript: an integer past 2^53 comes back rounded, and one bound as
+# a JSON number is rounded on the way in. Such ids travel as text (an INTEGER column's affinity
+# turns the text back into the exact integer).
+JS_SAFE_INTEGER = 2**53
 MIN_ROWID, MAX_ROWID = -(2**63), 2**63 - 1
 
 # Bookkeeping columns (without the job's prefix) and their SQL types.
@@ -36,7 +41,7 @@ BOOKKEEPING_COLUMNS: dict[str, str] = {
     "error": "TEXT",  # "<reason>: <detail>" for a failure
     "attempts": "INTEGER",  # attempts at status_version
     "lease_owner": "TEXT",
-    "lease_expires": "INTEGER",  # unix seconds
+    "lease_expires": "INTEGER",  # unix seconds (fractions kept: SQLite stores them as REAL)
     "attempt_id": "TEXT",  # the last request's id (charges table key; a refund clears it)
     "request_hash": "TEXT",  # what was sent when the unit last failed (JobSpec.request_hash)
 }
@@ -73,6 +78,7 @@ RUN_COLUMNS: dict[str, str] = {
     "owner": "TEXT",  # lease owner of the run's units: a dead run's are given back
     "detail": "TEXT",
 }
+STATUS_TABLE = "knrun_status"  # the last full count of a job version, for cheap status calls
 CHARGES_TABLE = "knrun_charges"
 # One row per request that cost or may have cost money, inserted with the unit's write in the
 # same transaction and keyed by the request's attempt id, so a repeated write counts it once.
@@ -96,6 +102,26 @@ _RUN_COLUMNS = tuple(RUN_COLUMNS)
 class Statement:
     sql: str
     params: tuple[Any, ...] = ()
+
+
+def id_param(unit_id: Any) -> Any:
+    """A unit id as a bound parameter: as text when D1 would round it as a number."""
+    if (
+        isinstance(unit_id, int)
+        and not isinstance(unit_id, bool)
+        and abs(unit_id) > JS_SAFE_INTEGER
+    ):
+        return str(unit_id)
+    return unit_id
+
+
+def id_from_row(text: Any, kind: Any) -> Any:
+    """A claimed id from its exact text and SQLite type."""
+    if kind == "integer":
+        return int(str(text))
+    if kind == "real":
+        return float(str(text))
+    return text
 
 
 def quote(identifier: str) -> str:
@@ -145,7 +171,32 @@ class UnitSql:
                 f"CREATE INDEX IF NOT EXISTS {CHARGES_TABLE}_version "
                 f"ON {CHARGES_TABLE} (job, version)"
             ),
+            Statement(f"CREATE INDEX IF NOT EXISTS {CHARGES_TABLE}_at ON {CHARGES_TABLE} (at)"),
         ]
+
+    @staticmethod
+    def create_status_table() -> Statement:
+        return Statement(
+            f"CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (job TEXT NOT NULL, version TEXT NOT NULL, "
+            "max_attempts INTEGER NOT NULL, computed_at REAL NOT NULL, figures TEXT NOT NULL, "
+            "PRIMARY KEY (job, version))"
+        )
+
+    def read_status(self) -> Statement:
+        return Statement(
+            f"SELECT max_attempts, computed_at, figures FROM {STATUS_TABLE} "
+            "WHERE job = ? AND version = ?",
+            (self.job.name, self.version),
+        )
+
+    def write_status(self, max_attempts: int, computed_at: float, figures: str) -> Statement:
+        return Statement(
+            f"INSERT INTO {STATUS_TABLE} (job, version, max_attempts, computed_at, figures) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job, version) DO UPDATE SET "
+            "max_attempts = excluded.max_attempts, computed_at = excluded.computed_at, "
+            "figures = excluded.figures",
+            (self.job.name, self.version, max_attempts, computed_at, figures),
+        )
 
     @staticmethod
     def runs_table_info() -> Statement:
@@ -164,9 +215,13 @@ class UnitSql:
         return f"({pv} IS NULL OR {pv} != ?)"
 
     def _resume_clause(self) -> tuple[str, tuple[Any, ...]]:
-        """The job's rows not done and not failed at this version (failures belong to retry)."""
+        """The job's rows not done and not failed at this version (failures belong to retry).
+        A row without an id is never taken: its result could not be written back."""
         sv = self.col["status_version"]
-        clause = f"({self.job.source.where}) AND {self._not_done()} AND ({sv} IS NULL OR {sv} != ?)"
+        clause = (
+            f"({self.job.source.where}) AND {self.id} IS NOT NULL AND {self._not_done()} "
+            f"AND ({sv} IS NULL OR {sv} != ?)"
+        )
         return clause, (self.version, self.version)
 
     def _failed_here(self) -> str:
@@ -188,7 +243,7 @@ class UnitSql:
         """Failed units to retry: under the attempt limit and, when `reasons` is given, failed
         for one of them or failed for a request that has changed since."""
         c = self.col
-        clause = f"({self.job.source.where}) AND {self._failed_here()}"
+        clause = f"({self.job.source.where}) AND {self.id} IS NOT NULL AND {self._failed_here()}"
         params: tuple[Any, ...] = (self.version, self.version)
         if max_attempts > 0:
             clause += f" AND COALESCE({c['attempts']}, 0) < ?"
@@ -227,13 +282,14 @@ class UnitSql:
         self,
         n: int,
         owner: str,
-        now: int,
-        expires: int,
+        now: float,
+        expires: float,
         *,
         failed_only: bool,
         max_attempts: int,
         start: int | None,
         reasons: Sequence[str] | None = None,
+        own: bool = False,
     ) -> Statement:
         """One statement: lease up to n eligible, unleased units from row `start` on (from the
         first row when None), in rowid order, and return their inputs and rowids.
@@ -246,19 +302,23 @@ class UnitSql:
         )
         owner_col, expires_col = self.col["lease_owner"], self.col["lease_expires"]
         returning = ", ".join(quote(column) for column in self.input_columns)
+        # own: also this owner's leased units (after a claim whose reply was lost).
+        mine = f" OR {owner_col} = ?" if own else ""
         sql = (
             f"UPDATE {self.table} SET {owner_col} = ?, {expires_col} = ? "
             # A plain range on rowid, so SQLite seeks to it: an OR here would scan the table.
             f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE rowid >= ? AND {clause} "
-            f"AND ({owner_col} IS NULL OR {expires_col} <= ?) ORDER BY rowid LIMIT ?) "
-            f"RETURNING rowid AS {POSITION}, {returning}"
+            f"AND ({owner_col} IS NULL OR {expires_col} <= ?{mine}) ORDER BY rowid LIMIT ?) "
+            f"RETURNING rowid AS {POSITION}, CAST({self.id} AS TEXT) AS {ID_TEXT}, "
+            f"typeof({self.id}) AS {ID_TYPE}, {returning}"
         )
         first = MIN_ROWID if start is None else start
-        return Statement(sql, (owner, expires, first, *params, now, n))
+        mine_params: tuple[Any, ...] = (owner,) if own else ()
+        return Statement(sql, (owner, expires, first, *params, now, *mine_params, n))
 
     def count_claimable(
         self,
-        now: int,
+        now: float,
         *,
         failed_only: bool,
         max_attempts: int,
@@ -275,6 +335,29 @@ class UnitSql:
             f"AND ({owner_col} IS NULL OR {expires_col} <= ?)",
             (*params, now),
         )
+
+    def id_problems(self) -> Statement:
+        """Rows of the job without an id, and ids on more than one of its rows (a few shown)."""
+        where = f"({self.job.source.where})"
+        return Statement(
+            f"SELECT COUNT(*) - COUNT({self.id}) AS missing, "
+            f"COUNT({self.id}) - COUNT(DISTINCT {self.id}) AS repeated, "
+            f"(SELECT group_concat(i, ', ') FROM (SELECT CAST({self.id} AS TEXT) AS i "
+            f"FROM {self.table} WHERE {where} AND {self.id} IS NOT NULL GROUP BY {self.id} "
+            f"HAVING COUNT(*) > 1 LIMIT 5)) AS examples FROM {self.table} WHERE {where}"
+        )
+
+    def existing_ids(self, unit_ids: Sequence[Any]) -> Statement:
+        """Which of these ids have a row (as text, exactly)."""
+        return Statement(
+            f"SELECT CAST({self.id} AS TEXT) AS id FROM {self.table} "
+            f"WHERE {self.id} IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(unit_ids)),),
+        )
+
+    def check_where(self) -> Statement:
+        """Compiles the job's where against the table, reading nothing."""
+        return Statement(f"SELECT 1 FROM {self.table} WHERE ({self.job.source.where}) LIMIT 0")
 
     def has_rowid(self) -> Statement:
         return Statement(f"SELECT rowid FROM {self.table} LIMIT 0")
@@ -320,7 +403,7 @@ class UnitSql:
             f"UPDATE {self.table} SET {', '.join(assignments)} "
             f"WHERE {self.id} = ? AND {self._not_done()}"
         )
-        return Statement(sql, (*params, result.unit_id, self.version))
+        return Statement(sql, (*params, id_param(result.unit_id), self.version))
 
     def write_failure(self, failure: UnitFailure) -> Statement:
         """Idempotent: requires the failing runner's lease, which the write itself clears."""
@@ -340,7 +423,7 @@ class UnitSql:
             failure.attempt_id or None,
             failure.request_hash or None,
             self.version,
-            failure.unit_id,
+            id_param(failure.unit_id),
             failure.owner,
             self.version,
         )
@@ -352,7 +435,7 @@ class UnitSql:
         return Statement(
             f"UPDATE {self.table} SET {c['attempts']} = MAX(COALESCE({c['attempts']}, 1) - 1, 0), "
             f"{c['attempt_id']} = NULL WHERE {self.id} = ? AND {c['attempt_id']} = ?",
-            (refund.unit_id, refund.attempt_id),
+            (id_param(refund.unit_id), refund.attempt_id),
         )
 
     @staticmethod
@@ -382,6 +465,21 @@ class UnitSql:
             (self.job.name, self.version, json.dumps(rows, ensure_ascii=False)),
         )
 
+    def renew(self, owner: str, expires: float) -> Statement:
+        """Extend every lease this owner holds."""
+        c = self.col
+        return Statement(
+            f"UPDATE {self.table} SET {c['lease_expires']} = ? WHERE {c['lease_owner']} = ?",
+            (expires, owner),
+        )
+
+    def lease_index(self) -> Statement:
+        """Leases are found by owner (renewal, release): without this, each is a table scan."""
+        name = quote(f"knrun_{self.job.source.table}_{self.job.source.prefix}lease")
+        return Statement(
+            f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} ({self.col['lease_owner']})"
+        )
+
     def release(self, owner: str, unit_ids: Sequence[Any] | None) -> Statement:
         c = self.col
         sql = (
@@ -394,18 +492,21 @@ class UnitSql:
         sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
         return Statement(sql, (owner, json.dumps(list(unit_ids))))
 
-    def release_prefix(self, owner_prefix: str) -> Statement:
+    def release_prefix(self, owner_prefix: str, keep: Sequence[str] = ()) -> Statement:
+        """Drop leases whose owner starts with `owner_prefix`, but those of the owners in
+        `keep` (runs that are alive)."""
         c = self.col
         # substr, not LIKE: no escaping of '_' or '%', and D1 caps LIKE patterns at 50 bytes.
         return Statement(
             f"UPDATE {self.table} SET {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
-            f"WHERE substr({c['lease_owner']}, 1, ?) = ?",
-            (len(owner_prefix), owner_prefix),
+            f"WHERE substr({c['lease_owner']}, 1, ?) = ? "
+            f"AND {c['lease_owner']} NOT IN (SELECT value FROM json_each(?))",
+            (len(owner_prefix), owner_prefix, json.dumps(list(keep))),
         )
 
     # -- reading progress -------------------------------------------------------------------------
 
-    def progress(self, now: int, max_attempts: int) -> Statement:
+    def progress(self, now: float, max_attempts: int) -> Statement:
         c = self.col
         v = self.version
         done = f"{c['prompt_version']} = ?"
@@ -479,14 +580,39 @@ class UnitSql:
         )
 
     @staticmethod
-    def mark_dead_runs(owner_prefix: str, now: str) -> Statement:
-        """Runs left "running" by a process of this owner prefix that died (the caller holds
-        the run lock, so none of them is alive)."""
+    def charged_since(since: str, exclude_run: str) -> Statement:
+        """Every job's charges since `since` but one run's, each at its dearest."""
+        return Statement(
+            "SELECT COALESCE(SUM(COALESCE(billed_ticks, tracked_ticks) + possible_ticks), 0) "
+            f"AS spent FROM {CHARGES_TABLE} WHERE at >= ? AND run_id != ?",
+            (since, exclude_run),
+        )
+
+    @staticmethod
+    def live_runs(since: str, exclude: str) -> Statement:
+        """Other runs, of any job in this database, that refreshed their record since `since`."""
+        return Statement(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM {RUNS_TABLE} "
+            "WHERE state = 'running' AND updated_at >= ? AND run_id != ?",
+            (since, exclude),
+        )
+
+    @staticmethod
+    def running_runs(owner_prefix: str) -> Statement:
+        """Runs still marked running whose units were leased from one working folder."""
+        return Statement(
+            f"SELECT run_id, owner, updated_at FROM {RUNS_TABLE} "
+            "WHERE state = 'running' AND substr(owner, 1, ?) = ?",
+            (len(owner_prefix), owner_prefix),
+        )
+
+    @staticmethod
+    def mark_dead(run_ids: Sequence[str], now: str) -> Statement:
         return Statement(
             f"UPDATE {RUNS_TABLE} SET state = 'dead', ended_at = COALESCE(updated_at, ?), "
             "exit_reason = 'the process died before it finished (found at a later start)' "
-            "WHERE state = 'running' AND substr(owner, 1, ?) = ? RETURNING run_id",
-            (now, len(owner_prefix), owner_prefix),
+            "WHERE state = 'running' AND run_id IN (SELECT value FROM json_each(?))",
+            (now, json.dumps(list(run_ids))),
         )
 
     # -- runs -------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from knrun.errors import ConfigError, StoreError, StoreRefused
+from knrun.errors import ConfigError, StoreError, StoreRefused, StoreUnusable
 from knrun.job import JobSpec
-from knrun.store.base import Rows, SqlUnitStore
+from knrun.store.base import Result, SqlUnitStore
 from knrun.store.sql import Statement
 
 BUSY_TIMEOUT_MS = 30_000
@@ -47,11 +47,11 @@ class SqliteStore(SqlUnitStore):
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
-    async def _execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Rows]:
+    async def _execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Result]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._execute_sync, list(statements))
 
-    def _execute_sync(self, statements: list[Statement]) -> list[Rows]:
+    def _execute_sync(self, statements: list[Statement]) -> list[Result]:
         if self._conn is None:
             try:
                 self._conn = connect(self.path)
@@ -64,9 +64,7 @@ class SqliteStore(SqlUnitStore):
         except sqlite3.Error as exc:
             raise classify(self.path, exc) from None
         try:
-            results = [
-                [dict(row) for row in conn.execute(s.sql, s.params).fetchall()] for s in statements
-            ]
+            results = [self._one(conn, statement) for statement in statements]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:  # some errors have already rolled the transaction back
@@ -74,6 +72,12 @@ class SqliteStore(SqlUnitStore):
                     conn.execute("ROLLBACK")
             raise classify(self.path, exc) from None
         return results
+
+    @staticmethod
+    def _one(conn: sqlite3.Connection, statement: Statement) -> Result:
+        before = conn.total_changes
+        rows = [dict(row) for row in conn.execute(statement.sql, statement.params).fetchall()]
+        return Result(rows, conn.total_changes - before)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,13 +91,22 @@ class SqliteStore(SqlUnitStore):
 
 
 _PASSING = ("locked", "busy", "disk i/o", "unable to open", "out of memory")
+_UNUSABLE = {
+    "readonly": "the file is read-only (its permissions, or a read-only disk)",
+    "database or disk is full": "the disk is full",
+}
 
 
 def classify(path: Path, exc: sqlite3.Error) -> StoreError:
-    """A lock or I/O trouble may pass; a constraint, a type or bad SQL will not."""
+    """A lock or I/O trouble may pass; a read-only file or a full disk refuses every write; a
+    constraint, a type or bad SQL refuses only the request that tripped it."""
     text = f"sqlite:{path}: {exc}"
+    lowered = str(exc).lower()
+    for fragment, why in _UNUSABLE.items():
+        if fragment in lowered:
+            return StoreUnusable(f"{text} ({why}: fix it, then run again)")
     passing = isinstance(exc, sqlite3.OperationalError) and any(
-        word in str(exc).lower() for word in _PASSING
+        word in lowered for word in _PASSING
     )
     return StoreError(text) if passing else StoreRefused(text)
 

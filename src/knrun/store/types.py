@@ -214,8 +214,9 @@ class UnitStore(Protocol):
         `failed_only` claims units that failed at this version instead (for retry)."""
         ...
 
-    async def write_results(self, outcomes: Sequence[Outcome]) -> None:
-        """Write results and failures; idempotent, so a retried request is harmless."""
+    async def write_results(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write results and failures; idempotent, so a retried request is harmless. Returns
+        the outcomes whose unit has no row (the caller keeps them)."""
         ...
 
     async def mark_failed(self, failures: Sequence[UnitFailure]) -> None: ...
