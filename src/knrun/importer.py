@@ -51,7 +51,9 @@ def _format_of(source: Path) -> str:
 def _rows(source: Path, kind: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs; blank JSONL lines are skipped."""
     try:
-        with source.open(encoding="utf-8", newline="") as handle:
+        # utf-8-sig: Excel starts its UTF-8 files with a byte-order mark, which would otherwise
+        # become part of the first column's name.
+        with source.open(encoding="utf-8-sig", newline="") as handle:
             if kind == "jsonl":
                 for number, line in enumerate(handle, start=1):
                     if line.strip():

@@ -4,8 +4,6 @@ and the rewrite (`pricing sync`), which keeps the file's comments and every othe
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -234,15 +232,3 @@ def _write_prices(
         entry["source"] = source
     entry["verified_at"] = today
     return changed and current is not None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path = path.resolve()  # through a symlink to its target, rather than replacing the link
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

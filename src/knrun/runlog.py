@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from knrun.events import Event
+from knrun.files import write_atomically
 from knrun.pricing import ModelPrice, format_usd
 from knrun.store.types import RunRecord
 
@@ -16,12 +17,13 @@ HISTORY_HEADING = "## Run history"
 
 
 class EventLog:
-    """Appends every event as one JSON line. Unit events are many; writes are buffered."""
+    """Appends every event as one JSON line, line-buffered: a `kill -9` loses nothing the run
+    had already reported (unit events are a few a second, each line one write)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handle: IO[str] = path.open("a", encoding="utf-8")
+        self._handle: IO[str] = path.open("a", encoding="utf-8", buffering=1)
 
     def __call__(self, event: Event) -> None:
         self._handle.write(json.dumps(event.to_json(), default=str) + "\n")
@@ -65,5 +67,6 @@ def append_history(run: RunRecord, price: ModelPrice, path: Path = CHECKLIST) ->
     while at < len(lines) and lines[at].startswith("|"):
         at += 1
     lines.insert(at, history_row(run, price))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # Replaced whole, never rewritten in place: a crash mid-write cannot cut the checklist short.
+    write_atomically(path, "\n".join(lines) + "\n")
     return True
