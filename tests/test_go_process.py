@@ -193,3 +193,73 @@ def test_a_d1_store_refusing_writes_pauses_writing_not_generation_and_loses_noth
     assert query("SELECT COUNT(*) FROM spool", ".knrun/spool.sqlite") == [(0,)]
     assert xai_server.stats.paid_requests == eligible  # nothing was paid for twice
     assert os.path.exists(".knrun/spool.sqlite")
+
+
+def test_kill_9_five_times_on_d1_with_a_second_runner_on_a_copied_folder(
+    project: Path, served: XaiSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole of it at once: 2,000 units on D1 (over REST), a second runner in a copy of
+    the folder (same folder id, same host) working all along, and the first one killed -9 five
+    times and restarted. Every unit is done once, nothing paid is lost, and only requests in
+    flight at a kill are bought twice."""
+    import shutil
+
+    refresh_pricing_dates(project / "pricing.toml")
+    eligible = prepare_units(project, 2200)
+    write_receipt(project)
+    copy = project.parent / f"{project.name}-copy"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("knrun.sqlite*"))
+    d1 = D1Simulator(project / "knrun.sqlite")
+    rng = random.Random(2027)
+    with serve_in_thread(d1) as origin:
+        for name, value in {
+            "KNRUN_STORE": "d1",
+            "CLOUDFLARE_ACCOUNT_ID": d1.account_id,
+            "CLOUDFLARE_API_TOKEN": d1.api_token,
+            "D1_DATABASE_ID": d1.database_id,
+            "CLOUDFLARE_API_BASE_URL": d1.base_url(origin),
+        }.items():
+            monkeypatch.setenv(name, value)
+
+        def go(folder: Path) -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "knrun", "go", "--max-spend", "100"],
+                cwd=folder,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        second = go(copy)
+        kills = 0
+        for _ in range(5):
+            first = go(project)
+            deadline = time.monotonic() + 60
+            target = served.stats.paid_requests + rng.randint(40, 200)
+            while served.stats.paid_requests < target and first.poll() is None:
+                assert time.monotonic() < deadline, "the run made no progress"
+                time.sleep(0.01)
+            if first.poll() is None:
+                first.send_signal(signal.SIGKILL)
+                kills += 1
+            first.communicate(timeout=30)
+        final = go(project)
+        outputs = [final.communicate(timeout=300), second.communicate(timeout=300)]
+        assert kills == 5
+        assert [final.returncode, second.returncode] == [0, 0], outputs
+        report = json.loads(CliRunner().invoke(app, ["status", "--json", "--fresh"]).stdout)
+    done = query("SELECT COUNT(*) FROM units WHERE kn_prompt_version = '1.6' AND kn_attempts = 1")
+    assert done == [(eligible,)]  # every unit written once
+    assert query("SELECT COUNT(*) FROM units WHERE kn_lease_owner IS NOT NULL") == [(0,)]
+    for folder in (project, copy):
+        assert query("SELECT COUNT(*) FROM spool", folder / ".knrun/spool.sqlite") == [(0,)]
+    paid = served.stats.paid_by_prompt
+    assert len(paid) == eligible
+    duplicates = sum(paid.values()) - eligible
+    assert 0 <= duplicates <= 5 * 50  # only what was in flight at a kill
+    # Money: `status` holds every request knrun got a reply for. What it cannot hold is what
+    # xAI billed for replies that died with a killed process (the duplicates' first purchase).
+    billed, spent = served.stats.billed_ticks, report["spent_ticks"]
+    per_request = billed // served.stats.paid_requests
+    assert 0 <= billed - spent <= duplicates * per_request * 3 // 2, (billed, spent, duplicates)
+    assert report["requests"] + duplicates >= served.stats.paid_requests

@@ -130,11 +130,11 @@ class RefusingStore(SqliteStore):
     refusing = True
     refused = 0
 
-    async def write_results(self, outcomes: Any) -> None:
+    async def write_results(self, outcomes: Any) -> Any:
         if self.refusing:
             self.refused += 1
             raise StoreError("D1 HTTP 503: unavailable")
-        await super().write_results(outcomes)
+        return await super().write_results(outcomes)
 
 
 async def test_a_store_outage_pauses_writes_and_the_backlog_drains_after(

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from knrun import __version__
+from knrun import __version__, spool_ops
 from knrun import demo as demo_run
 from knrun.commands import (
     RunCommand,
@@ -36,12 +36,13 @@ from knrun.context import (
 )
 from knrun.display import checklist, console, tables
 from knrun.errors import ConfigError, ExitCode, KnrunError
+from knrun.files import write_atomically
 from knrun.guards import BALANCE_SLACK_TICKS
 from knrun.importer import import_units
 from knrun.job import JobSpec
 from knrun.launch import Launched
 from knrun.preflight import CanaryFigures, Options, Preflight
-from knrun.pricecheck import MAX_AGE_DAYS, check_prices, sync_prices, write_atomically
+from knrun.pricecheck import MAX_AGE_DAYS, check_prices, sync_prices
 from knrun.pricing import PricingTable
 from knrun.receipt import describe as receipt_describe
 from knrun.receipt import load_valid_receipt
@@ -56,6 +57,7 @@ from knrun.store.sql import TRANSIENT_REASONS
 from knrun.xai import LiveModel
 
 P = ParamSpec("P")
+STATUS_FRESH_S = 30.0  # `knrun status` reuses the store's last count for this long
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -70,8 +72,13 @@ db_app = typer.Typer(help="The unit store: add knrun's columns, load units.", no
 pricing_app = typer.Typer(
     help="pricing.toml against the provider's live prices.", no_args_is_help=True
 )
+spool_app = typer.Typer(
+    help="Paid results waiting in the local spool: see, write, requeue or set aside.",
+    invoke_without_command=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(pricing_app, name="pricing")
+app.add_typer(spool_app, name="spool")
 
 JobOption = Annotated[
     Path | None,
@@ -238,6 +245,60 @@ def sim_serve(
     serve_forever(simulators, host, port)
 
 
+# -- spool ----------------------------------------------------------------------------------------
+
+VersionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--version",
+        help="The job version to act on. Default: every version with entries.",
+        show_default=False,
+    ),
+]
+
+
+@spool_app.callback()
+@guarded
+def spool_list(ctx: typer.Context) -> None:
+    """Pending and quarantined entries for every job and version (`knrun spool` alone)."""
+    if ctx.invoked_subcommand is None:
+        tables.show_spool(run_async(spool_ops.listing()))
+
+
+@spool_app.command("replay")
+@guarded
+def spool_replay(job: JobOption = None, version: VersionOption = None) -> None:
+    """Write the job's pending entries to the store (another version's as that version's)."""
+    written = run_async(spool_ops.replay(load_context(job), version))
+    if not written:
+        console.note("nothing pending for this job")
+    for each, count in written.items():
+        console.note(f"v{each}: {count} results written")
+
+
+@spool_app.command("requeue")
+@guarded
+def spool_requeue(job: JobOption = None, version: VersionOption = None) -> None:
+    """Move the job's quarantined entries back to pending, for `replay` to try again."""
+    versions = run_async(spool_ops.requeue(load_context(job), version))
+    console.note(f"requeued: {', '.join(versions) or 'nothing quarantined'}")
+
+
+@spool_app.command("set-aside")
+@guarded
+def spool_set_aside(
+    version: Annotated[str, typer.Option("--version", help="The job version to set aside.")],
+    job: JobOption = None,
+    reason: Annotated[
+        str, typer.Option(help="Kept with the entries.")
+    ] = "set aside by the operator",
+) -> None:
+    """Keep a version's pending entries out of the way (in quarantine), so a run of another
+    version may start. `requeue` brings them back."""
+    run_async(spool_ops.set_aside(load_context(job), version, reason))
+    console.note(f"v{version}: pending entries set aside (see `knrun spool`)")
+
+
 # -- status and pricing ---------------------------------------------------------------------------
 
 
@@ -250,6 +311,12 @@ def status(
         int,
         typer.Option("--max-attempts", min=1, help="Count units failed this often as exhausted."),
     ] = 3,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Count the table now, not reuse a count up to 30 s old (D1 bills rows)."
+        ),
+    ] = False,
 ) -> None:
     """Progress of the job's current version: done, failed by reason, retry-exhausted,
     remaining, leases, spent, last processed, current runs, ETA from the last run's rate."""
@@ -258,10 +325,12 @@ def status(
     async def read() -> dict[str, Any]:
         store = ctx.open_store()
         try:
-            progress = await store.progress(max_attempts=max_attempts)
-            runs = await store.runs(limit=20)
+            progress, runs, age = await store.status(
+                max_attempts=max_attempts, fresh_s=0.0 if fresh else STATUS_FRESH_S
+            )
         finally:
             await store.close()
+        held = await spool_ops.counts(ctx.job.name, ctx.job.version)
         return status_report(
             ctx.job,
             ctx.target.describe(),
@@ -269,6 +338,8 @@ def status(
             runs,
             now=datetime.now(UTC),
             max_attempts=max_attempts,
+            spool=held,
+            counted_s_ago=age,
         )
 
     report = run_async(read())
@@ -426,6 +497,15 @@ MaxSpendOption = Annotated[
         show_default=False,
     ),
 ]
+LeaseOption = Annotated[
+    float,
+    typer.Option(
+        "--lease-minutes",
+        min=0.01,
+        help="How long a claimed unit is held for this run; renewed while the run lives, "
+        "so a dead run's units come back after this.",
+    ),
+]
 Max429Option = Annotated[
     int,
     typer.Option(
@@ -445,6 +525,7 @@ def go(
     concurrency: ConcurrencyOption = 50,
     max_spend: MaxSpendOption = None,
     max_429_rounds: Max429Option = 10,
+    lease_minutes: LeaseOption = 15,
 ) -> None:
     """Run the job: every eligible unit, resumably, under the guards. Needs a passing
     `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
@@ -462,6 +543,7 @@ def go(
     config = RunConfig(
         concurrency=concurrency,
         max_429_rounds=max_429_rounds,
+        lease_s=lease_minutes * 60,
         cap_ticks=cap,
         estimate_unit_ticks=receipt.estimate_unit_ticks,
         output_tokens_estimate=int(canary_output) if canary_output else None,

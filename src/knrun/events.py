@@ -57,6 +57,8 @@ class RunState:
     write_backlog: int = 0  # paid results not yet in the store
     written: int = 0
     store_errors: int = 0
+    given_back: int = 0  # units whose lease budget ran out before they could be sent
+    runners: int = 1  # live runs sharing the store's request budget, this one included
     cooling_down: bool = False
     stopping: str | None = None  # why the run is winding down
 

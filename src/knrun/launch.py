@@ -1,5 +1,6 @@
 """Everything around a run, shared by `go`, `retry` and preflight's canary: the lock, replaying
-the spool, giving back leases of dead runs here, the run record, and closing up."""
+the spool (and refusing to start past another version's paid results), marking runs of this
+folder that died and giving back their leases, the run record, and closing up."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from knrun.context import STATE_DIR, Context, xai_client
+from knrun.errors import NotAuthorised, StoreUnusable
 from knrun.events import Event, EventSink
 from knrun.judge import utc_now
-from knrun.lock import RunLock, machine_id, new_run_id
+from knrun.lock import Identity, RunLock, new_run_id, this_identity
 from knrun.pricing import ModelPrice
-from knrun.runner import BalanceReader, RunConfig, Runner, RunResult
+from knrun.runner import BalanceReader, OthersReader, RunConfig, Runner, RunResult
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import RunRecord
@@ -62,18 +66,13 @@ async def _launch(
     ctx: Context, request: Launch, store: SqlUnitStore, spool: Spool, xai: XaiClient
 ) -> Launched:
     job = ctx.job
-    replayed = await replay_spool(store, spool, ctx, request.events)
+    await refuse_stranded(spool, job.name, job.version)
+    await store.check_where()
+    replayed = await replay_spool(store, spool, job.name, job.version, request.events)
     if replayed:
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
-    here = machine_id(STATE_DIR)
-    # This process holds the lock, so any run of this folder still "running" is dead, and so is
-    # any lease owned from here.
-    dead = await store.mark_dead_runs(f"{here}:")
-    if dead:
-        request.events(Event("dead_runs", f"runs whose process died: {', '.join(dead)}"))
-    returned = await store.release_prefix(f"{here}:")
-    if returned:
-        request.events(Event("released", f"{returned} units leased by a dead run here given back"))
+    identity = this_identity(STATE_DIR)
+    await reap_dead_runs(store, identity, request.config.lease_s, request.events)
     config = request.config
     if config.failed_only:  # what retry may take: its reasons, under the attempt limit
         total = await store.count_claimable(
@@ -84,7 +83,7 @@ async def _launch(
     if config.max_units is not None:
         total = min(total, config.max_units)
     run_id = request.run_id or new_run_id()
-    owner = f"{here}:{run_id}"
+    owner = identity.owner(run_id)
     record = RunRecord(
         run_id=run_id,
         kind=request.kind,
@@ -121,6 +120,7 @@ async def _launch(
         total=total,
         events=request.events,
         balance=await _balance_reader(ctx, xai, request.events),
+        others=others_reader(store, record),
     )
     if request.on_runner is not None:
         request.on_runner(runner)
@@ -139,16 +139,68 @@ async def _launch(
     return Launched(result, record, replayed)
 
 
-async def replay_spool(store: SqlUnitStore, spool: Spool, ctx: Context, events: EventSink) -> int:
+async def refuse_stranded(spool: Spool, job: str, version: str) -> None:
+    """Paid results of another job or version waiting in the spool would be stranded by a run
+    of this one (its replay covers only its own): the operator writes them or sets them aside."""
+    others = [h for h in await spool.held() if h.pending and (h.job, h.version) != (job, version)]
+    if others:
+        what = ", ".join(f"{h.pending} of {h.job} v{h.version}" for h in others)
+        first = others[0]
+        raise NotAuthorised(
+            f"paid results wait in the spool for another job or version ({what}): write them "
+            f"with `knrun spool replay --version {first.version}` (with --job for another job), "
+            f"or set them aside with `knrun spool set-aside --version {first.version}`; "
+            "not starting"
+        )
+
+
+async def replay_spool(
+    store: SqlUnitStore, spool: Spool, job: str, version: str, events: EventSink
+) -> int:
     """Write results an earlier run paid for but never got into the store. Before any lease is
-    given back: a failure is recorded only while its run's lease still stands."""
+    given back: a failure is recorded only while its run's lease still stands. A store that
+    refuses every write stops here, with every entry still in the spool."""
     replayed = 0
-    while batch := await spool.pending(ctx.job.name, ctx.job.version, limit=50):
-        delivery = await spool.deliver(store, batch)
+    while batch := await spool.pending(job, version, limit=50):
+        try:
+            delivery = await spool.deliver(store, batch)
+        except StoreUnusable as exc:
+            raise StoreUnusable(
+                f"{exc}. The spool's paid results are kept for when it is fixed (`knrun spool`)"
+            ) from None
         replayed += delivery.written
         for what in delivery.quarantined:
             events(Event("quarantined", f"the store refused a result outright: {what}"))
     return replayed
+
+
+async def reap_dead_runs(
+    store: SqlUnitStore, identity: Identity, lease_s: float, events: EventSink
+) -> None:
+    """Runs of this folder still marked running whose process is gone: on this host, a process
+    that no longer exists or an earlier boot; elsewhere (a copy of the folder on another Mac),
+    a heartbeat older than a lease. They are marked dead. Then every lease held from this
+    folder is given back, but those of runs that are alive: a finished run's kept leases
+    (its results were replayed just now), a dead run's, knrun's older owner ids."""
+    now = datetime.now(UTC)
+    dead: list[dict[str, Any]] = []
+    alive: list[dict[str, Any]] = []
+    for row in await store.running_runs(identity.folder_prefix):
+        gone = identity.holds_dead(str(row["owner"]))
+        if gone is None:
+            beat = datetime.fromisoformat(str(row["updated_at"] or "1970-01-01T00:00:00+00:00"))
+            gone = (now - beat).total_seconds() > lease_s
+        (dead if gone else alive).append(row)
+    if dead:
+        await store.mark_dead([str(row["run_id"]) for row in dead])
+        names = ", ".join(str(row["run_id"]) for row in dead)
+        events(Event("dead_runs", f"runs whose process died: {names}"))
+    keep = [str(row["owner"]) for row in alive]
+    returned = await store.release_prefix(identity.folder_prefix, keep)
+    # Owners from knrun before they named their host: the folder id, then ':'.
+    returned += await store.release_prefix(f"{identity.folder}:")
+    if returned:
+        events(Event("released", f"{returned} units leased by earlier runs here given back"))
 
 
 async def _balance_reader(ctx: Context, xai: XaiClient, events: EventSink) -> BalanceReader | None:
@@ -196,9 +248,30 @@ def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) ->
 async def _keep_record(
     store: SqlUnitStore, record: RunRecord, runner: Runner, every_s: float
 ) -> None:
-    """Refresh the run's row now and then, so `knrun status` shows live spend."""
+    """Refresh the run's row now and then (its heartbeat: `knrun status` shows live spend, and a
+    stale one tells a later start the run is dead), and share the store's request budget with
+    the other live runners."""
     while True:
         await asyncio.sleep(every_s)
         _fill(record, runner)
         with contextlib.suppress(Exception):
-            await store.record_run(record)
+            runner.state.runners = len(await store.heartbeat(record)) + 1
+
+
+def others_reader(store: SqlUnitStore, record: RunRecord) -> OthersReader:
+    """For the balance check: what other runs on this store may have spent since this run
+    began. Their charges written since then (within seconds of each reply), and for each run
+    still live, twice its concurrency at this run's worst case per request: what it has in
+    flight (billed at acceptance) and what it has not written yet."""
+
+    async def read(worst_request_ticks: int) -> int:
+        others = await store.other_live_runs(record.run_id)
+        if not others:
+            return 0
+        charged = await store.charged_since(record.started_at, exclude_run=record.run_id)
+        margin = sum(
+            2 * int(run.detail.get("concurrency") or 50) * worst_request_ticks for run in others
+        )
+        return charged + margin
+
+    return read

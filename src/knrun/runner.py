@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from knrun import judge
-from knrun.errors import ExitCode, KnrunError, StoreError
+from knrun.errors import ExitCode, KnrunError, StoreError, StoreUnusable
 from knrun.estimate import prompt_tokens
 from knrun.events import Event, EventSink, RunState, discard
 from knrun.guards import (
@@ -53,10 +53,14 @@ from knrun.xai import (
 )
 
 BalanceReader = Callable[[], Awaitable[int | None]]
+# What other runs on the account may have spent since this one began (given this run's worst
+# case per request), for the balance check.
+OthersReader = Callable[[int], Awaitable[int]]
 # Failures that count for the failure-rate guard although no reply came: the provider refused
 # the request itself ("a 4xx nobody expected"), or answered something unreadable.
 _REQUEST_FAULTS = (judge.BAD_REQUEST, judge.PROMPT_TOO_LONG, judge.BAD_RESPONSE)
 UNBILLED_CHECK_EVERY = 20  # replies between balance checks while xAI sends no bills
+MIN_REQUEST_S = 60.0  # a unit with less of its lease budget left is given back, not sent
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Runner:
         total: int,
         events: EventSink = discard,
         balance: BalanceReader | None = None,
+        others: OthersReader | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job, self.price, self.store, self.xai, self.spool = job, price, store, xai, spool
@@ -124,6 +129,7 @@ class Runner:
         self.run_id, self.owner = run_id, owner
         self.emit = events
         self._balance = balance
+        self._others = others
         self._clock = clock
         self.state = RunState(
             run_id=run_id,
@@ -163,6 +169,12 @@ class Runner:
         self._outage_streak = 0
         self._balance_at_start: int | None = None
         self._claimed = 0
+        self._lost_claims = 0  # claims that failed after they may have been applied
+        self._store_unusable = False
+        # A claimed unit's lease must outlast its work: at least a request timeout and more.
+        self.lease_s = max(config.lease_s, job.timeout_s * 1.5)
+        # A unit gets this long, from when a worker takes it, before it is given back unsent.
+        self.unit_budget_s = self.lease_s * 0.9
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -209,15 +221,17 @@ class Runner:
             self._balance_at_start = await self._balance()
         writer = asyncio.create_task(self._writer())
         claimer = asyncio.create_task(self._claimer())
+        heartbeat = asyncio.create_task(self._heartbeat())
         self._workers = [
             asyncio.create_task(self._worker(i)) for i in range(self.config.concurrency)
         ]
         try:
             await asyncio.gather(*self._workers, return_exceptions=True)
         finally:
-            claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
+            for task in (claimer, heartbeat):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self._balance_check is not None:
                 with contextlib.suppress(Exception):
                     await self._balance_check
@@ -227,7 +241,7 @@ class Runner:
             await writer
             await self._release_leases()
         unwritten = self.state.write_backlog - len(self._unspooled)
-        reason = self._stop_reason or "all eligible units processed"
+        reason = self._stop_reason or await self._all_processed()
         if self._exit_code == ExitCode.OK and unwritten:
             self._exit_code = ExitCode.FAILURE
             reason = f"{unwritten} paid results could not be written; they stay in the spool"
@@ -245,6 +259,37 @@ class Runner:
             )
         self.emit(Event("run_finished", reason, {"exit_code": int(self._exit_code)}))
         return RunResult(self.run_id, self._exit_code, reason, self.state, unwritten)
+
+    async def _all_processed(self) -> str:
+        """A run that ends on its own must have taken every unit it could: one that was given
+        back, or whose claim was lost, makes the run end non-zero so nobody takes it for done."""
+        if self.config.failed_only or self.config.max_units is not None:
+            return "all eligible units processed"
+        try:
+            left = await self.store.count_claimable()
+        except StoreError as exc:
+            self.emit(Event("store_error", f"counting what is left: {exc}"))
+            return "all eligible units processed (what is left could not be counted)"
+        if left and self._exit_code == ExitCode.OK:
+            self._exit_code = ExitCode.FAILURE
+            return (
+                f"{left} eligible units were not processed ({self.state.given_back} given back "
+                "unsent, or leased by a claim whose reply was lost): run `knrun go` again"
+            )
+        return "all eligible units processed"
+
+    async def _heartbeat(self) -> None:
+        """Renew this run's leases (queued, in flight, waiting in the spool) well before they
+        run out, so a slow unit never outlives its lease and goes to a second runner."""
+        every = self.lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                renewed = await self.store.renew(self.owner, self.lease_s)
+            except StoreError as exc:  # the next beat tries again; units are bounded anyway
+                self.emit(Event("store_error", f"renewing leases: {exc}"))
+                continue
+            self.emit(Event("leases_renewed", f"{renewed} leases", {"leases": renewed}))
 
     # -- claimer ----------------------------------------------------------------------------------
 
@@ -287,7 +332,7 @@ class Runner:
                 page = await self.store.claim(
                     want,
                     self.owner,
-                    self.config.lease_s,
+                    self.lease_s,
                     failed_only=self.config.failed_only,
                     max_attempts=self.config.max_attempts,
                     start=cursor,
@@ -295,16 +340,21 @@ class Runner:
                 )
             except StoreError as exc:
                 if not exc.retryable:
-                    self.request_stop(f"the store refused a claim: {exc}", ExitCode.FAILURE)
+                    self.request_stop(f"the store refused a claim: {exc}", exc.exit_code)
                     return
+                # The claim may have been applied with its reply lost: its page is leased to
+                # this run, and only this run can take it back before the lease runs out.
+                self._lost_claims += 1
                 delay = await self._store_trouble("claim", exc, delay)  # busy, an outage
                 continue
             delay = self.config.store_retry_base_s
             if not page:
-                if cursor is None or self.config.failed_only:
-                    return  # nothing eligible is left
-                cursor = None  # past the end: look once more from the start
-                continue
+                if cursor is not None and not self.config.failed_only:
+                    cursor = None  # past the end: look once more from the start
+                    continue
+                if self._lost_claims and await self._reclaim_own():
+                    continue
+                return  # nothing eligible is left
             # The next claim starts just past this page; past the last possible rowid, at the end.
             after = page[-1].position + 1
             cursor = after if after <= MAX_ROWID else None
@@ -312,6 +362,37 @@ class Runner:
             for unit in page:
                 self._queue.put_nowait(unit)
             self.state.queued = self._queue.qsize()
+
+    async def _reclaim_own(self) -> bool:
+        """After a claim whose reply was lost: once everything in hand is done and written,
+        any unit still leased to this run and not finished is one of that page's. Take them
+        back (True when there were some)."""
+        while self.state.in_flight or self._queue.qsize() or self.state.write_backlog:
+            if self.stopping:
+                return False
+            await self._pause(0.05)
+        self._lost_claims = 0
+        try:
+            page = await self.store.claim(
+                self.config.concurrency,
+                self.owner,
+                self.lease_s,
+                failed_only=self.config.failed_only,
+                max_attempts=self.config.max_attempts,
+                reasons=self.config.retry_reasons,
+                own=True,
+            )
+        except StoreError as exc:
+            self._lost_claims += 1  # the next end of the table tries again
+            self.emit(Event("store_error", f"taking back a lost claim's units: {exc}"))
+            return not self.stopping
+        if page:
+            self.emit(Event("reclaimed", f"{len(page)} units of a claim whose reply was lost"))
+            self._lost_claims = 1  # there may be more pages of them
+        for unit in page:
+            self._queue.put_nowait(unit)
+        self.state.queued = self._queue.qsize()
+        return bool(page)
 
     def _claim_size(self) -> int | None:
         """Units to claim now: 0 to wait, None when no more may be claimed at all."""
@@ -383,17 +464,24 @@ class Runner:
 
     async def _process(self, unit: Unit, conv_id: str, lane: int) -> None:
         messages = self.job.render(unit.inputs)
+        deadline = self._clock() + self.unit_budget_s
         while True:
             await self.cooldown.wait()
             if self.stopping:
                 return
+            left = deadline - self._clock()
+            if left < min(MIN_REQUEST_S, self.job.timeout_s):
+                # Rate limits have held it too long: a request now could outlive the lease.
+                self.state.given_back += 1
+                self.emit(Event("given_back", f"unit {unit.id}: its lease budget is spent"))
+                return  # left leased to this run: released when the run ends
             self._attempts += 1
             attempt = judge.Attempt(
                 self.run_id, self.owner, f"{self.run_id}:{self._attempts}", self.job.request_hash
             )
             sent_at = self._clock()
             try:
-                reply = await self._chat(messages, conv_id, lane)
+                reply = await self._chat(messages, conv_id, lane, min(self.job.timeout_s, left))
             except RateLimited as exc:
                 self._rate_limited(exc, sent_at)
                 continue
@@ -424,7 +512,9 @@ class Runner:
         self._outage_streak = 0
         await self._record(judge.judge(reply, unit, self.job, self.price, attempt))
 
-    async def _chat(self, messages: list[dict[str, str]], conv_id: str, lane: int) -> ChatReply:
+    async def _chat(
+        self, messages: list[dict[str, str]], conv_id: str, lane: int, timeout_s: float
+    ) -> ChatReply:
         return await self.xai.chat(
             model=self.job.model,
             messages=messages,
@@ -434,7 +524,7 @@ class Runner:
             schema_name=f"{self.job.name}_output".replace("-", "_").replace(".", "_"),
             reasoning_effort=self.job.reasoning_effort,
             conv_id=conv_id,
-            timeout_s=self.job.timeout_s,
+            timeout_s=timeout_s,
             lane=lane,
         )
 
@@ -617,10 +707,19 @@ class Runner:
                 self._drift_found(reading, [self._cannot_verify(reading)])
             return
         in_flight = max(in_flight, self.state.in_flight)
+        worst = self._worst_case_ticks(None)
+        others = 0
+        if self._others is not None:
+            try:
+                others = await self._others(worst)
+            except StoreError as exc:  # not knowing them, this check could blame them: skip it
+                self.emit(Event("store_error", f"reading other runs' spend: {exc}"))
+                return
         reading = replace(
             self._drift_reading(),
             balance_drop_ticks=self._balance_at_start - now,
-            in_flight_ticks=in_flight * self._worst_case_ticks(None),
+            # Billed at acceptance: this run's requests in flight, and other runs' spend.
+            in_flight_ticks=in_flight * worst + others,
         )
         self._drift_found(reading, self.drift.problems(reading))
 
@@ -663,6 +762,11 @@ class Runner:
                 closing = await self._batch_ready()
                 await self._drain(until_empty=closing)
                 if closing:
+                    return
+                if self._give_up_writing():  # nothing more goes to the store in this run
+                    while not self._closing:
+                        self._results_ready.clear()
+                        await self._results_ready.wait()
                     return
         except KnrunError as exc:  # e.g. the store lost knrun's columns: not worth retrying
             self.request_stop(f"writing: {exc}", exc.exit_code)
@@ -712,6 +816,16 @@ class Runner:
         while not self._give_up_writing():
             try:
                 delivery = await self.spool.deliver(self.store, batch)
+            except StoreUnusable as exc:
+                # Every write will be refused until the operator fixes the store: stop, and keep
+                # every paid result in the spool for the next start.
+                self.request_stop(
+                    f"the store refuses every write: {exc}. Paid results stay in the spool "
+                    "(`knrun spool`) and are written at the next start",
+                    exc.exit_code,
+                )
+                self._store_unusable = True
+                return False
             except StoreError as exc:
                 delay = await self._write_trouble(exc, delay)
                 continue
@@ -732,17 +846,11 @@ class Runner:
         for what in delivery.lost:
             self.lost.append(what)
             self.emit(Event("lost", f"a paid result could not be saved anywhere: {what}"))
-        if delivery.quarantined and len(delivery.quarantined) == len(batch):
-            # A whole batch refused, entry by entry: the store is refusing everything.
-            self.request_stop(
-                f"the store refuses every result ({delivery.quarantined[0]}); they are kept in "
-                "the spool's quarantine table",
-                ExitCode.FAILURE,
-            )
 
     def _give_up_writing(self) -> bool:
-        """After a stop, the backlog gets `grace_s` to drain; what is left stays in the spool."""
-        if self._abandon_writes:
+        """After a stop, the backlog gets `write_grace_s` to drain; what is left stays in the
+        spool. A store that refuses every write gets no more tries in this run."""
+        if self._abandon_writes or self._store_unusable:
             return True
         return self._write_deadline is not None and self._clock() > self._write_deadline
 

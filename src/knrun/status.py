@@ -60,6 +60,8 @@ def status_report(
     *,
     now: datetime | None = None,
     max_attempts: int = 0,
+    spool: tuple[int, int, int] = (0, 0, 0),
+    counted_s_ago: float = 0.0,
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     per_unit = progress.done_cost_ticks // progress.done if progress.done else None
@@ -100,6 +102,10 @@ def status_report(
         "avg_input_tokens": _rounded(progress.avg_input_tokens),
         "avg_output_tokens": _rounded(progress.avg_output_tokens),
         "last_processed_at": progress.last_processed_at,
+        "counted_s_ago": round(counted_s_ago),
+        "spool_pending": spool[0],
+        "spool_quarantined": spool[1],
+        "spool_pending_other_versions": spool[2],
         "current_runs": current,
         "dead_runs": dead,
         "last_run": last,

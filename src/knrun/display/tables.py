@@ -69,6 +69,19 @@ def show_status(report: dict[str, Any]) -> None:
             f"{note}; {run['units_ok']} ok, {run['units_failed']} failed, "
             f"${run['billed_usd']} billed; updated {run['updated_at']}",
         )
+    if report.get("spool_pending") or report.get("spool_quarantined"):
+        table.add_row(
+            "spool",
+            f"{report['spool_pending']:,}",
+            f"paid results here not yet in the store; {report['spool_quarantined']:,} "
+            "quarantined (`knrun spool`)",
+        )
+    if report.get("spool_pending_other_versions"):
+        table.add_row(
+            "other versions",
+            f"{report['spool_pending_other_versions']:,}",
+            "paid results of another job or version wait in the spool: `knrun spool`",
+        )
     if report.get("dead_runs"):
         table.add_row(
             "dead runs",
@@ -86,6 +99,26 @@ def show_status(report: dict[str, Any]) -> None:
         f"[bold]{report['job']}[/] v{report['version']} · {report['model']} · {report['store']}"
     )
     out.print(table)
+
+
+def show_spool(listing: Any) -> None:
+    """`knrun spool`: what waits, for every job and version."""
+    if not listing.held:
+        out.print("the spool is empty: every paid result is in the store", markup=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="the local spool (.knrun/spool.sqlite)")
+    for name in ("job", "version", "pending", "quarantined", "why quarantined"):
+        table.add_column(name, justify="right" if name in ("pending", "quarantined") else "left")
+    for held in listing.held:
+        reasons = "; ".join(listing.reasons.get((held.job, held.version), []))
+        table.add_row(held.job, held.version, f"{held.pending:,}", f"{held.quarantined:,}", reasons)
+    out.print(table)
+    out.print(
+        "pending: written at the next start of this job version, or now with "
+        "`knrun spool replay`; quarantined: the store refused them (or they were set aside), "
+        "`knrun spool requeue` puts them back",
+        markup=False,
+    )
 
 
 def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> None:
