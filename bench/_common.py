@@ -17,23 +17,24 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from knrun.events import Event
-from knrun.importer import import_units
 from knrun.job import JobSpec, load_job
 from knrun.pricing import load_pricing
-from knrun.runner import RunConfig, Runner, RunResult
+from knrun.run.coordinator import RunConfig, Runner, RunResult
+from knrun.run.events import Event
 from knrun.sim.corpus import write_jsonl
 from knrun.sim.d1 import D1Simulator
 from knrun.sim.scenario import Scenario
 from knrun.sim.xai import XaiSimulator
 from knrun.spool import Spool
 from knrun.store import D1Store, SqliteStore
+from knrun.store.importer import import_units
 from knrun.store.limiter import RequestLimiter
 from knrun.xai import XaiClient
 
 ROOT = Path(__file__).resolve().parent.parent
-JOB = ROOT / "prompts" / "kn-1.6.toml"
-PRICING = ROOT / "pricing.toml"
+EXAMPLES = ROOT / "src" / "knrun" / "examples"
+JOB = EXAMPLES / "kn-1.6.toml"
+PRICING = EXAMPLES / "pricing.toml"
 D1_LATENCY_S = 0.15  # a Cloudflare API round trip from Australia, per the field report
 D1_RATE_PER_S = 3.0
 

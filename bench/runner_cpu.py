@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from _common import job, reset, table, units_db
 from knrun.pricing import Usage, load_pricing
-from knrun.runner import RunConfig, Runner
+from knrun.run.coordinator import RunConfig, Runner
 from knrun.sim.replies import content
 from knrun.spool import Spool
 from knrun.store import SqliteStore

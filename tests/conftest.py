@@ -15,23 +15,24 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from knrun.importer import import_units
 from knrun.job import JobSpec, load_job
-from knrun.judge import utc_now
+from knrun.preflight.receipt import Receipt, save_receipt
 from knrun.pricing import load_pricing
-from knrun.receipt import Receipt, save_receipt
+from knrun.run.judge import utc_now
 from knrun.sim.corpus import synthetic_units, write_jsonl
 from knrun.sim.d1 import D1Simulator
 from knrun.sim.scenario import Scenario
 from knrun.sim.server import serve_in_thread
 from knrun.sim.xai import XaiSimulator
 from knrun.store import D1Store, SqliteStore, SqlUnitStore
+from knrun.store.importer import import_units
 from knrun.store.limiter import RequestLimiter
 from workerd_d1 import RestConnection, WorkerdD1, node_available, serve_workerd_d1
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_JOB = ROOT / "prompts" / "kn-1.6.toml"
-EXAMPLE_PRICING = ROOT / "pricing.toml"
+EXAMPLES = ROOT / "src" / "knrun" / "examples"
+EXAMPLE_JOB = EXAMPLES / "kn-1.6.toml"
+EXAMPLE_PRICING = EXAMPLES / "pricing.toml"
 ENV_PREFIXES = ("XAI_", "GROK_", "CLOUDFLARE_", "D1_", "KNRUN_")
 
 
@@ -86,7 +87,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "prompts").mkdir()
     shutil.copy(EXAMPLE_JOB, tmp_path / "prompts" / EXAMPLE_JOB.name)
     shutil.copy(EXAMPLE_PRICING, tmp_path / "pricing.toml")
-    shutil.copy(ROOT / "checklist.md", tmp_path / "checklist.md")
+    shutil.copy(EXAMPLES / "checklist.md", tmp_path / "checklist.md")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

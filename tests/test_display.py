@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
-from knrun import awake
 from knrun.display.live import panel, progress_line
-from knrun.events import RunState
+from knrun.run import awake
+from knrun.run.events import RunState
 from knrun.store.types import Money
 
 USD = 10**10

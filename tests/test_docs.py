@@ -7,7 +7,7 @@ import re
 import typer
 from typer.testing import CliRunner
 
-from conftest import ROOT
+from conftest import EXAMPLE_JOB, EXAMPLES, ROOT
 from knrun.cli import app
 from knrun.config import Settings
 
@@ -47,6 +47,10 @@ def test_env_example_lists_exactly_the_settings_keys() -> None:
     assert "GROK_API_KEY" in example  # the alias is mentioned, not given its own line
 
 
+def test_the_repository_env_example_is_the_one_knrun_init_writes() -> None:
+    assert (ROOT / ".env.example").read_bytes() == (EXAMPLES / "env.example").read_bytes()
+
+
 def test_readme_and_ci_use_the_same_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README
@@ -55,11 +59,11 @@ def test_readme_and_ci_use_the_same_test_command() -> None:
 
 def test_readme_documents_every_status_json_key() -> None:
     from knrun.job import load_job
-    from knrun.status import status_report
+    from knrun.run.status import status_report
     from knrun.store.types import Progress
 
     report = status_report(
-        load_job(ROOT / "prompts" / "kn-1.6.toml"),
+        load_job(EXAMPLE_JOB),
         "sqlite:x",
         Progress("1.6", 0, 0, 0, 0, 0, 0, 0, None, None, None),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import FakeClock
-from knrun.guards import (
+from knrun.run.guards import (
     CircuitBreaker,
     Cooldown,
     DriftMonitor,

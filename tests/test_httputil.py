@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from knrun.httputil import MAX_RETRY_AFTER_S, parse_retry_after, text_excerpt
+from knrun.http import MAX_RETRY_AFTER_S, parse_retry_after, text_excerpt
 
 NOW = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from knrun.errors import InputError
-from knrun.importer import import_units
 from knrun.job import JobSpec
+from knrun.store.importer import import_units
 
 HEADER = (
     "id,unit_code,title,application,elements,performance_criteria,knowledge_evidence,"

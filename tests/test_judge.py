@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import EXAMPLE_PRICING
-from knrun import judge
 from knrun.job import JobSpec
 from knrun.pricing import Usage, load_pricing
+from knrun.run import judge
 from knrun.store.types import Unit, UnitFailure, UnitResult
 from knrun.xai import ChatReply
 

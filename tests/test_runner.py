@@ -12,11 +12,11 @@ import pytest
 from pydantic import SecretStr
 
 from conftest import EXAMPLE_PRICING, FakeClock, plain_units, seed_units
-from knrun import judge
 from knrun.errors import ExitCode, StoreError
 from knrun.job import JobSpec
 from knrun.pricing import load_pricing
-from knrun.runner import RunConfig, Runner, RunResult
+from knrun.run import judge
+from knrun.run.coordinator import RunConfig, Runner, RunResult
 from knrun.sim.scenario import Scenario
 from knrun.sim.xai import XaiSimulator
 from knrun.spool import Spool
@@ -191,7 +191,7 @@ async def capped_run(tmp_path: Path, job: JobSpec, units: int) -> tuple[RunResul
     import math
     import sqlite3
 
-    from knrun.estimate import prompt_tokens
+    from knrun.preflight.estimate import prompt_tokens
 
     sim = XaiSimulator(
         Scenario(

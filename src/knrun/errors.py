@@ -64,3 +64,12 @@ class NotAuthorised(KnrunError):
     """The run has no valid preflight receipt (or another run holds the lock)."""
 
     exit_code = ExitCode.USAGE
+
+
+class RunStopped(KnrunError):
+    """A run (or its checks) that ended for a guard's reason: the message is the reason, the
+    code the guard's."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = ExitCode(exit_code)

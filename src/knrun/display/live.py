@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from knrun.display.console import out
-from knrun.events import Event, RunState
 from knrun.pricing import format_usd
+from knrun.run.events import Event, RunState
 
 # Events worth a line of their own in plain mode (unit events are summarised instead).
 NOTABLE = {

@@ -90,6 +90,12 @@ class SqlUnitStore(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def __aenter__(self) -> SqlUnitStore:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
     def describe(self) -> str:
         return type(self).__name__
 

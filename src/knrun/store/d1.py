@@ -17,17 +17,10 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, wait_random_exponential
 
 from knrun.errors import ExitCode, StoreError, StoreUnusable
-from knrun.httputil import json_body, parse_retry_after, text_excerpt
+from knrun.http import Failure, failure_of, json_body, parse_retry_after, text_excerpt, with_retries
 from knrun.job import JobSpec
 from knrun.store.base import Result, SqlUnitStore
 from knrun.store.limiter import RequestLimiter
@@ -190,31 +183,27 @@ class D1Store(SqlUnitStore):
     async def _execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Result]:
         payload = [{"sql": s.sql, "params": list(s.params)} for s in statements]
         body: dict[str, Any] = payload[0] if len(payload) == 1 else {"batch": payload}
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._max_retry_s),
-            wait=self._wait,
-            retry=retry_if_exception(lambda exc: idempotent and getattr(exc, "retryable", False)),
+        return await with_retries(
+            lambda: self._send(body, expected=len(payload)),
+            retry_if=lambda exc: idempotent and getattr(exc, "retryable", False),
+            attempts=self._max_attempts,
+            max_s=self._max_retry_s,
             sleep=self._sleep,
-            reraise=True,
+            wait=self._wait,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._send(body, expected=len(payload))
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _send(self, body: dict[str, Any], *, expected: int) -> list[Result]:
         await self.limiter.acquire()
         self.requests_sent += 1
         try:
             response = await self._client.post(self._url, content=_dumps(body))
-        except httpx.TimeoutException:
-            raise D1Transient("D1 request timed out") from None
-        except httpx.TransportError as exc:
-            raise D1Transient(f"D1 network error: {type(exc).__name__}") from None
-        except httpx.InvalidURL as exc:
-            raise D1NotFound(f"CLOUDFLARE_API_BASE_URL is not a URL: {exc}") from None
-        except httpx.HTTPError as exc:  # undecodable reply, too many redirects
-            raise D1Transient(f"D1 request failed: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            if failure_of(exc) is Failure.BAD_URL:
+                raise D1NotFound(f"CLOUDFLARE_API_BASE_URL is not a URL: {exc}") from None
+            # Sent or not, a request marked idempotent may be repeated; the others are not.
+            raise D1Transient(
+                f"D1 request failed: {failure_of(exc).value} ({type(exc).__name__})"
+            ) from None
         self.limiter.observe(
             response.headers.get("ratelimit"), response.headers.get("ratelimit-policy")
         )

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import IO
 
-from knrun.events import Event
 from knrun.files import write_atomically
 from knrun.pricing import ModelPrice, format_usd
+from knrun.run.events import Event
 from knrun.store.types import RunRecord
 
 CHECKLIST = Path("checklist.md")

@@ -9,11 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from knrun.context import Context
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
+from knrun.run import spool_ops
 from knrun.store.types import Progress, RunRecord
 
 LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence past this = dead
+STATUS_FRESH_S = 30.0  # `knrun status` reuses the store's last count for this long
 
 
 def usd(ticks: int) -> str:
@@ -116,3 +119,20 @@ def status_report(
 
 def _rounded(value: float | None) -> int | None:
     return None if value is None else round(value)
+
+
+async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dict[str, Any]:
+    """The report `knrun status` shows: the store's figures, and the local spool's."""
+    async with ctx.open_store() as store:
+        progress, runs, age = await store.status(max_attempts=max_attempts, fresh_s=fresh_s)
+    held = await spool_ops.counts(ctx.job.name, ctx.job.version)
+    return status_report(
+        ctx.job,
+        ctx.target.describe(),
+        progress,
+        runs,
+        now=datetime.now(UTC),
+        max_attempts=max_attempts,
+        spool=held,
+        counted_s_ago=age,
+    )

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from knrun import examples
 from knrun.errors import ConfigError, ExitCode
-from knrun.importer import import_units
 from knrun.job import load_job
 from knrun.sim.combined import Simulators
 from knrun.sim.corpus import write_jsonl
@@ -24,6 +23,7 @@ from knrun.sim.d1 import D1Simulator
 from knrun.sim.scenario import Faults, OtherSpender, Scenario
 from knrun.sim.server import serve_in_thread
 from knrun.sim.xai import XaiSimulator
+from knrun.store.importer import import_units
 
 SCENARIOS = {
     "normal": "a clean run: every check passes, every unit is written",

@@ -14,11 +14,11 @@ from typing import Any
 
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.errors import NotAuthorised, StoreUnusable
-from knrun.events import Event, EventSink
-from knrun.judge import utc_now
-from knrun.lock import Identity, RunLock, new_run_id, this_identity
 from knrun.pricing import ModelPrice
-from knrun.runner import BalanceReader, OthersReader, RunConfig, Runner, RunResult
+from knrun.run.coordinator import BalanceReader, OthersReader, RunConfig, Runner, RunResult
+from knrun.run.events import Event, EventSink
+from knrun.run.judge import utc_now
+from knrun.run.lock import Identity, RunLock, new_run_id, this_identity
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import RunRecord

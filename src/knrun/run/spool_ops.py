@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from knrun.context import STATE_DIR, Context
 from knrun.errors import ConfigError
-from knrun.launch import replay_spool
-from knrun.lock import RunLock
+from knrun.run.launch import replay_spool
+from knrun.run.lock import RunLock
 from knrun.spool import Held, Spool
 from knrun.store import open_store
 

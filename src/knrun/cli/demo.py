@@ -1,0 +1,79 @@
+"""`knrun demo` and `knrun sim serve`: the offline rehearsal and the simulators on a port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from knrun.cli.app import app, guarded, sim_app
+from knrun.display import console
+from knrun.sim import demo as demo_run
+from knrun.sim.combined import Simulators
+from knrun.sim.d1 import D1Simulator
+from knrun.sim.scenario import load_scenario
+from knrun.sim.server import serve_forever
+from knrun.sim.xai import XaiSimulator
+
+
+@app.command("demo")
+@guarded
+def demo(
+    scenario: Annotated[
+        str, typer.Option(help="normal | incident | credits | flaky: which guard to watch fire.")
+    ] = "normal",
+    units: Annotated[int, typer.Option(min=20, help="Synthetic units to generate.")] = 300,
+    store: Annotated[str, typer.Option(help="d1 (REST, simulated) or sqlite.")] = "d1",
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="An empty folder to work in. Default: a new temporary one.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Rehearse the whole pipeline offline: simulated xAI and D1, synthetic units, then the real
+    db migrate, pricing sync, preflight and go. No keys, no network, under a minute."""
+    plan = demo_run.Plan(scenario=scenario, units=units, store=store, folder=folder)
+    code = demo_run.run(plan, invoke, console.note)
+    if code:
+        raise typer.Exit(code)
+
+
+def invoke(args: list[str]) -> int:
+    """Run one knrun command in this process, as if typed: the demo's way to use the real CLI."""
+    result = typer.main.get_command(app).main(args=args, prog_name="knrun", standalone_mode=False)
+    return result if isinstance(result, int) else 0
+
+
+@sim_app.command("serve")
+@guarded
+def sim_serve(
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8787,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            help="Scenario TOML (models, prices, balance, latency, faults).", show_default=False
+        ),
+    ] = None,
+    d1_database: Annotated[
+        Path, typer.Option("--d1-database", help="SQLite file behind the D1 simulator.")
+    ] = Path("sim-d1.sqlite"),
+) -> None:
+    """Serve the simulators on one loopback port until Ctrl-C, and print the settings that point
+    knrun (or any client) at them."""
+    simulators = Simulators(
+        XaiSimulator(load_scenario(scenario) if scenario else None), D1Simulator(d1_database)
+    )
+    origin = f"http://{host}:{port}"
+    console.note(
+        f"simulators on {origin}: xAI at /v1, its Management API at /v1/billing, "
+        f"D1 at /client/v4 (database {d1_database}). Settings for knrun:"
+    )
+    for key, value in simulators.env(origin).items():
+        console.note(f"{key}={value}")
+    console.note("KNRUN_STORE=d1\n(Ctrl-C to stop)")
+    serve_forever(simulators, host, port)

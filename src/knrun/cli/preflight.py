@@ -1,0 +1,81 @@
+"""`knrun preflight`: the checklist, shown step by step; a receipt when every step passes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from knrun.cli.app import JobOption, PricingOption, app, guarded, parse_usd, run_async
+from knrun.context import load_context, load_pricing_for
+from knrun.display import checklist, console
+from knrun.errors import RunStopped
+from knrun.preflight.checklist import Options, Preflight
+from knrun.preflight.steps import CanaryFigures
+from knrun.pricecheck import MAX_AGE_DAYS
+from knrun.run.canary import run_canary
+
+
+@app.command("preflight")
+@guarded
+def preflight(
+    job: JobOption = None,
+    pricing: PricingOption = None,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            "--balance",
+            help="Prepaid credit in USD, when there is no XAI_MANAGEMENT_KEY to read it. "
+            "Recorded as attested.",
+            show_default=False,
+        ),
+    ] = None,
+    canary: Annotated[int, typer.Option("--canary", min=1, help="Canary size (real units).")] = 10,
+    sample: Annotated[
+        int, typer.Option("--sample", min=1, help="Prompts rendered to measure input tokens.")
+    ] = 500,
+    overshoot: Annotated[
+        str, typer.Option("--overshoot", help="USD allowed past the balance (billing lag).")
+    ] = "5",
+    max_age_days: Annotated[
+        int, typer.Option(help="Fail when the model's verified_at is older than this.")
+    ] = MAX_AGE_DAYS,
+) -> None:
+    """The pre-run checklist: model current, prices true, estimate, balance, a real canary.
+    Writes the receipt `knrun go` requires; any FAIL exits non-zero and writes none."""
+    ctx = load_context(job)
+    table = load_pricing_for(pricing)
+    attested = parse_usd(balance, "--balance")
+    if attested is None and ctx.settings.xai_management_key is None and sys.stdin.isatty():
+        entered = typer.prompt("Prepaid credit balance in USD (console.x.ai, billing)")
+        attested = parse_usd(entered, "balance")
+    options = Options(
+        canary=canary,
+        sample=sample,
+        overshoot_ticks=parse_usd(overshoot, "--overshoot") or 0,
+        attested_balance_ticks=attested,
+        max_age_days=max_age_days,
+    )
+
+    async def canary_run(units: int, unit_ticks: int) -> CanaryFigures:
+        price = table.price_for(ctx.job.model)
+        return await run_canary(ctx, price, units, unit_ticks, options.concurrency)
+
+    console.note(
+        f"preflight: {ctx.job.name} v{ctx.job.version} on {ctx.job.model}, "
+        f"store {ctx.target.describe()}"
+    )
+    outcome = run_async(Preflight(ctx, table, options, checklist.show_step, canary_run).run())
+    if outcome.estimate is not None and outcome.estimate.remaining:
+        checklist.show_costs(outcome.estimate, ctx.job.model)
+    failed = outcome.failed
+    if failed is not None:
+        raise RunStopped(
+            f"preflight failed at step {failed.number} ({failed.title}): no receipt written",
+            outcome.exit_code,
+        )
+    if outcome.receipt is not None:
+        console.note("PASS: `knrun go` may run for the next 24 h")
+    else:
+        console.note("nothing to run: no receipt needed")

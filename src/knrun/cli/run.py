@@ -1,0 +1,133 @@
+"""`knrun go` and `knrun retry`: the run commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from knrun.cli.app import JobOption, PricingOption, app, guarded, parse_usd, run_async
+from knrun.cli.session import RunCommand, finish, run_command
+from knrun.context import load_context, load_pricing_for
+from knrun.display import checklist, console
+from knrun.run.go import GoOptions, go_config
+from knrun.run.retry import RetryOptions, exhausted_units, retry_config
+
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, max=500, help="Workers (requests in flight).")
+]
+MaxSpendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-spend",
+        help="Spend cap in USD. Default: the receipt's approved amount, less what earlier go "
+        "runs spent since preflight.",
+        show_default=False,
+    ),
+]
+LeaseOption = Annotated[
+    float,
+    typer.Option(
+        "--lease-minutes",
+        min=0.01,
+        help="How long a claimed unit is held for this run; renewed while the run lives, "
+        "so a dead run's units come back after this.",
+    ),
+]
+Max429Option = Annotated[
+    int,
+    typer.Option(
+        "--max-429-rounds",
+        min=1,
+        help="Circuit breaker: rounds of 429s in a row with no success between them (a round "
+        "is one burst, however many requests it hits).",
+    ),
+]
+
+
+@app.command("go")
+@guarded
+def go(
+    job: JobOption = None,
+    pricing: PricingOption = None,
+    concurrency: ConcurrencyOption = 50,
+    max_spend: MaxSpendOption = None,
+    max_429_rounds: Max429Option = 10,
+    lease_minutes: LeaseOption = 15,
+) -> None:
+    """Run the job: every eligible unit, resumably, under the guards. Needs a passing
+    `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
+    ctx = load_context(job)
+    price = load_pricing_for(pricing).price_for(ctx.job.model)
+    options = GoOptions(
+        concurrency=concurrency,
+        max_spend_ticks=parse_usd(max_spend, "--max-spend"),
+        max_429_rounds=max_429_rounds,
+        lease_minutes=lease_minutes,
+    )
+    config = run_async(go_config(ctx, price, options))
+    command = RunCommand("go", ctx, price, config, live=console.is_terminal())
+    finish(run_async(run_command(command)))
+
+
+@app.command("retry")
+@guarded
+def retry(
+    job: JobOption = None,
+    pricing: PricingOption = None,
+    max_units: Annotated[
+        int, typer.Option("--max-units", min=1, help="Units per retry run.")
+    ] = 500,
+    max_spend: Annotated[
+        str, typer.Option("--max-spend", help="Spend cap in USD for this retry run.")
+    ] = "2",
+    max_attempts: Annotated[
+        int,
+        typer.Option("--max-attempts", min=1, help="Leave a unit alone after this many failures."),
+    ] = 3,
+    concurrency: ConcurrencyOption = 10,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            "--balance",
+            help="Prepaid credit in USD when there is no management key.",
+            show_default=False,
+        ),
+    ] = None,
+    max_429_rounds: Max429Option = 10,
+    all_reasons: Annotated[
+        bool,
+        typer.Option(
+            "--all-reasons",
+            help="Also retry failures that depend on the request (truncated, refusal, "
+            "schema_mismatch, prompt_too_long, bad_request) although it has not changed.",
+        ),
+    ] = False,
+) -> None:
+    """Re-run units that failed at this version, for cron: its own light preflight (model
+    current, prices true, balance covers the cap), a lock against overlapping runs, plain log
+    lines, the documented exit codes. By default only failures a second try can change
+    (invalid_json, timeout, dropped, bad_response, retries_exhausted), and failures of a request
+    that has changed since (the prompt, max_output_tokens, the model...)."""
+    ctx = load_context(job)
+    options = RetryOptions(
+        max_units=max_units,
+        cap_ticks=parse_usd(max_spend, "--max-spend") or 0,
+        max_attempts=max_attempts,
+        concurrency=concurrency,
+        attested_balance_ticks=parse_usd(balance, "--balance"),
+        max_429_rounds=max_429_rounds,
+        all_reasons=all_reasons,
+    )
+    table = load_pricing_for(pricing)
+    price, config = run_async(retry_config(ctx, table, options, checklist.show_step))
+    launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))
+    exhausted = run_async(exhausted_units(ctx, max_attempts))
+    if exhausted:
+        console.warn(
+            f"{len(exhausted)}{'+' if len(exhausted) == 20 else ''} units have failed "
+            f"{max_attempts} times and are no longer retried: "
+            + ", ".join(f"{row['unit_id']} ({row['error']})" for row in exhausted[:5])
+            + (" ..." if len(exhausted) > 5 else "")
+        )
+    finish(launched)

@@ -1,0 +1,285 @@
+"""`knrun preflight`: the pre-run checklist as a flow. Each step is judged by `steps.py` and shown
+as it completes; the first failure ends the checklist (so nothing is spent after it) and no
+receipt is written.
+
+1 model current · 2 prices true · 3 estimate · 4 balance · 5 canary · 6 receipt
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from knrun.context import STATE_DIR, Context, xai_client
+from knrun.errors import ExitCode
+from knrun.preflight import estimate as estimates
+from knrun.preflight import steps
+from knrun.preflight.receipt import Receipt, save_receipt
+from knrun.preflight.steps import MARGIN, CanaryFigures, Finding, Step
+from knrun.pricing import ModelPrice, PricingTable
+from knrun.run.judge import utc_now
+from knrun.run.lock import new_run_id
+from knrun.store.base import SqlUnitStore
+from knrun.store.types import Progress, RunRecord
+from knrun.xai import LiveModel, XaiClient, XaiError, find_live
+
+Report = Callable[[Step], None]
+Canary = Callable[[int, int], Awaitable[CanaryFigures]]  # (units, estimated ticks per unit)
+
+
+@dataclass
+class Options:
+    canary: int = 10
+    sample: int = 500  # prompts rendered to measure input tokens
+    overshoot_ticks: int = 5 * 10**10  # billing lags at high concurrency: $5 of allowance
+    attested_balance_ticks: int | None = None  # --balance, when there is no management key
+    max_age_days: int = 7
+    concurrency: int = 10  # the canary's
+
+
+@dataclass
+class Outcome:
+    steps: list[Step]
+    estimate: estimates.Estimate | None = None
+    receipt: Receipt | None = None
+    exit_code: ExitCode = ExitCode.OK
+
+    @property
+    def failed(self) -> Step | None:
+        return next((step for step in self.steps if not step.ok), None)
+
+
+@dataclass(frozen=True)
+class Balance:
+    ticks: int | None
+    source: str  # management-api | attested | unreadable | missing
+    warnings: list[Finding]
+
+
+class Preflight:
+    def __init__(
+        self,
+        ctx: Context,
+        pricing: PricingTable,
+        options: Options,
+        report: Report,
+        canary: Canary | None = None,
+    ) -> None:
+        self.ctx, self.pricing, self.options = ctx, pricing, options
+        self.job = ctx.job
+        self._report = report
+        self._canary = canary
+        self.steps: list[Step] = []
+
+    async def run(self) -> Outcome:
+        """The whole checklist: spends only on the canary, and only after steps 1 to 4 pass."""
+        if self._canary is None:
+            raise ValueError("the full checklist needs a canary")
+        async with self.ctx.open_store() as store:
+            xai = xai_client(self.ctx.settings, max_connections=2)
+            try:
+                return await self._run(store, xai)
+            finally:
+                await xai.aclose()
+
+    async def for_retry(self, cap_ticks: int) -> Outcome:
+        """`knrun retry`'s checks: model current, prices true, and a balance that covers the
+        retry's own spend cap (no estimate beyond the cap, no canary, no receipt)."""
+        xai = xai_client(self.ctx.settings, max_connections=2)
+        try:
+            if not await self._model_and_prices(xai):
+                return self._failed()
+            balance = await self._balance(xai)
+            if not self._step(self._balance_step(cap_ticks, balance, margin=1)):
+                return self._failed()
+            return Outcome(self.steps)
+        finally:
+            await xai.aclose()
+
+    async def _run(self, store: SqlUnitStore, xai: XaiClient) -> Outcome:
+        if not await self._model_and_prices(xai):
+            return self._failed()
+        price = self.pricing.price_for(self.job.model)
+        estimate = await self._estimate(store, price)
+        self._step(steps.estimate_step(estimate, price))
+        if estimate.remaining == 0:
+            return Outcome(self.steps, estimate)
+        balance = await self._balance(xai)
+        if not self._step(self._balance_step(estimate.total_ticks, balance)):
+            return self._failed(estimate)
+        assert self._canary is not None and balance.ticks is not None
+        figures = await self._canary(self.options.canary, estimate.unit_ticks)
+        revised = self._re_estimate(await store.progress(), figures, estimate, price)
+        if not self._step(steps.canary_step(figures, estimate, revised, self.job.timeout_s)):
+            code = figures.exit_code if figures.exit_code != ExitCode.OK else ExitCode.USAGE
+            return self._failed(estimate, code)
+        again = Balance(balance.ticks, balance.source, [])
+        if not self._step(self._balance_step(revised.total_ticks, again, again=True)):
+            return self._failed(revised)
+        receipt = self._receipt(revised, price, balance, figures)
+        await self._record(store, receipt)
+        path = save_receipt(STATE_DIR, self.job, receipt)
+        figures_6 = {
+            "path": str(path),
+            "approved": receipt.approved_ticks,
+            "units": revised.remaining,
+        }
+        self._step(Step(6, "receipt", True, figures_6))
+        return Outcome(self.steps, revised, receipt)
+
+    def _step(self, step: Step) -> bool:
+        self.steps.append(step)
+        self._report(step)
+        return step.ok
+
+    def _failed(
+        self, estimate: estimates.Estimate | None = None, code: ExitCode = ExitCode.USAGE
+    ) -> Outcome:
+        return Outcome(self.steps, estimate, None, code)
+
+    async def _model_and_prices(self, xai: XaiClient) -> bool:
+        live = await xai.language_models()
+        listed: LiveModel | None = find_live(live, self.job.model)
+        model = steps.model_current(self.job.model, self.job.reasoning_effort, listed, self.pricing)
+        if not self._step(model):
+            return False
+        price = self.pricing.price_for(self.job.model)
+        today = datetime.now(UTC).date()
+        return self._step(
+            steps.prices_true(
+                self.job.model, price, live, self.pricing, today, self.options.max_age_days
+            )
+        )
+
+    async def _estimate(self, store: SqlUnitStore, price: ModelPrice) -> estimates.Estimate:
+        progress = await store.progress()
+        return estimates.build(
+            job=self.job,
+            price=price,
+            pricing=self.pricing,
+            remaining=progress.remaining,
+            sample=await store.sample_remaining(self.options.sample),
+            output=estimates.output_tokens(self.job, progress),
+        )
+
+    async def _balance(self, xai: XaiClient) -> Balance:
+        if not xai.has_management_key:
+            if self.options.attested_balance_ticks is None:
+                return Balance(None, "missing", [])
+            return Balance(self.options.attested_balance_ticks, "attested", [])
+        try:
+            team = await xai.team(self.ctx.settings.xai_team_id)
+            ticks = await xai.prepaid_balance_ticks(team)
+        except XaiError as exc:
+            return Balance(None, "unreadable", [Finding("management_api", {"error": str(exc)})])
+        warnings = []
+        try:
+            limit = await xai.spending_limit_ticks(team)
+        except XaiError as exc:
+            warnings.append(Finding("limit_unknown", {"error": str(exc)}))
+        else:
+            if limit:
+                warnings.append(Finding("spending_limit", {"limit": limit}))
+        return Balance(ticks, "management-api", warnings)
+
+    def _balance_step(
+        self, total: int, balance: Balance, *, again: bool = False, margin: Decimal | int = MARGIN
+    ) -> Step:
+        return steps.balance_step(
+            total,
+            balance.ticks,
+            balance.source,
+            balance.warnings,
+            self.options.overshoot_ticks,
+            again=again,
+            margin=margin,
+        )
+
+    def _re_estimate(
+        self,
+        after: Progress,
+        figures: CanaryFigures,
+        estimate: estimates.Estimate,
+        price: ModelPrice,
+    ) -> estimates.Estimate:
+        """Real averages replace guesses: every finished unit at this version, the canary's
+        included (the canary alone on a first preflight; more data on every later one)."""
+        if (
+            after.done
+            and after.avg_input_tokens is not None
+            and after.avg_output_tokens is not None
+        ):
+            tokens = (after.avg_input_tokens, after.avg_output_tokens)
+            source = f"average of {after.done} finished units, canary included"
+        else:
+            tokens = (
+                figures.input_tokens or estimate.input_tokens,
+                figures.output_tokens or estimate.output_tokens,
+            )
+            source = f"canary of {figures.units} units"
+        return estimates.priced(
+            self.job, price, self.pricing, after.remaining, estimate.sampled, *tokens, source
+        )
+
+    def _receipt(
+        self,
+        estimate: estimates.Estimate,
+        price: ModelPrice,
+        balance: Balance,
+        canary: CanaryFigures,
+    ) -> Receipt:
+        return Receipt(
+            job=self.job.name,
+            version=self.job.version,
+            model=self.job.model,
+            prompt_hash=self.job.prompt_hash,
+            pricing_fingerprint=price.fingerprint(),
+            created_at=utc_now(),
+            run_id=new_run_id(),
+            remaining_units=estimate.remaining,
+            estimate_ticks=estimate.total_ticks,
+            estimate_unit_ticks=estimate.unit_ticks,
+            approved_ticks=math.ceil(estimate.total_ticks * MARGIN),
+            balance_ticks=balance.ticks,
+            balance_source=balance.source,
+            canary={
+                "run_id": canary.run_id,
+                "units": canary.units,
+                "valid": canary.valid,
+                "billed_ticks": canary.billed_ticks,
+                "tracked_ticks": canary.tracked_ticks,
+                "input_tokens_per_unit": round(canary.input_tokens),
+                "output_tokens_per_unit": round(canary.output_tokens),
+            },
+            checks={f"{s.number} {s.title}": verdict(s) for s in self.steps},
+        )
+
+    async def _record(self, store: SqlUnitStore, receipt: Receipt) -> None:
+        await store.record_run(
+            RunRecord(
+                run_id=receipt.run_id,
+                kind="preflight",
+                job=receipt.job,
+                version=receipt.version,
+                model=receipt.model,
+                prompt_hash=receipt.prompt_hash,
+                host=socket.gethostname(),
+                started_at=receipt.created_at,
+                ended_at=receipt.created_at,
+                state="finished",
+                exit_code=0,
+                exit_reason="receipt issued",
+                estimate_ticks=receipt.estimate_ticks,
+                detail=receipt.to_json(),
+            )
+        )
+
+
+def verdict(step: Step) -> str:
+    """A step as the receipt keeps it: its verdict and the codes of what it found."""
+    codes = [f.code for f in step.problems] + [f"warning:{f.code}" for f in step.warnings]
+    return ("PASS" if step.ok else "FAIL") + (f" ({', '.join(codes)})" if codes else "")

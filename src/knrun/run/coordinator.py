@@ -1,0 +1,230 @@
+"""The run, as parts with one job each, wired here:
+
+    claimer --leased units--> engine --paid replies--> record --> spool --> writer --> store
+                                 \\                     |
+                                  pacing              ledger (money, cap, drift, failure rate)
+
+The claimer keeps a bounded queue of leased units fed; the engine (a pool of workers, paced)
+turns them into replies; `record` counts each outcome (state and ledger), makes it durable in
+the spool before anything else waits on the network, and only then lets the ledger read the
+balance; the writer drains the spool to the store in batches. Any part can stop the run through
+the shared `Control`. Events go out through a sink; nothing here imports UI code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from knrun.errors import ExitCode, StoreError
+from knrun.job import JobSpec
+from knrun.pricing import ModelPrice
+from knrun.run import judge
+from knrun.run.claimer import Claimer
+from knrun.run.config import RunConfig, RunResult
+from knrun.run.control import Control
+from knrun.run.engine import LiveEngine
+from knrun.run.events import Event, EventSink, RunState, discard
+from knrun.run.guards import CircuitBreaker, Cooldown
+from knrun.run.ledger import BalanceReader, Ledger, OthersReader
+from knrun.run.pacing import SharedPause
+from knrun.run.writer import Writer
+from knrun.spool import Spool
+from knrun.store.base import SqlUnitStore
+from knrun.store.types import UnitFailure
+from knrun.xai import XaiClient
+
+__all__ = ["BalanceReader", "OthersReader", "RunConfig", "RunResult", "Runner"]
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        job: JobSpec,
+        price: ModelPrice,
+        store: SqlUnitStore,
+        xai: XaiClient,
+        spool: Spool,
+        config: RunConfig,
+        run_id: str,
+        owner: str,
+        total: int,
+        events: EventSink = discard,
+        balance: BalanceReader | None = None,
+        others: OthersReader | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job, self.store, self.config = job, store, config
+        self.run_id, self.owner, self.emit = run_id, owner, events
+        self.state = RunState(
+            run_id=run_id,
+            total=total,
+            concurrency=config.concurrency,
+            cap_ticks=config.cap_ticks,
+            estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
+        )
+        # In-flight requests may finish for a request timeout after a stop: cut sooner, xAI
+        # would bill requests whose replies nobody reads.
+        self.control = Control(self.state, events, config.grace_s or job.timeout_s + 30.0)
+        # A claimed unit's lease must outlast its work: at least a request timeout and more.
+        lease_s = max(config.lease_s, job.timeout_s * 1.2)
+        self.ledger = Ledger(
+            job=job,
+            price=price,
+            config=config,
+            state=self.state,
+            control=self.control,
+            balance=balance,
+            others=others,
+        )
+        self.claimer = Claimer(
+            store=store,
+            config=config,
+            state=self.state,
+            control=self.control,
+            ledger=self.ledger,
+            owner=owner,
+            lease_s=lease_s,
+        )
+        self.writer = Writer(
+            store=store,
+            spool=spool,
+            job=job,
+            config=config,
+            state=self.state,
+            control=self.control,
+            clock=clock,
+        )
+        self.breaker = CircuitBreaker(config.max_429_rounds)
+        cooldown = Cooldown(clock, base_s=config.cooldown_base_s, max_s=config.cooldown_max_s)
+        self.engine = LiveEngine(
+            job=job,
+            price=price,
+            xai=xai,
+            config=config,
+            state=self.state,
+            control=self.control,
+            ledger=self.ledger,
+            pacing=SharedPause(self.breaker, cooldown, self.state, events, clock),
+            record=self.record,
+            run_id=run_id,
+            owner=owner,
+            # A unit gets this long, from when a worker takes it, before it is given back.
+            unit_budget_s=lease_s * 0.9,
+            clock=clock,
+        )
+
+    # -- control ----------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.control.stopping
+
+    @property
+    def quarantined(self) -> list[str]:
+        return self.writer.quarantined
+
+    @property
+    def lost(self) -> list[str]:
+        return self.writer.lost
+
+    def request_stop(self, reason: str, exit_code: ExitCode) -> None:
+        self.control.request_stop(reason, exit_code)
+
+    def cancel_now(self) -> None:
+        """Second Ctrl-C: drop in-flight requests and stop waiting for the store. Paid results
+        are already in the spool."""
+        self.control.request_stop("interrupted", ExitCode.INTERRUPTED)
+        self.control.cancel_workers()
+        self.writer.abandon()
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        self.emit(
+            Event("run_started", f"{self.state.total} units eligible", {"run_id": self.run_id})
+        )
+        await self.ledger.start()
+        writer = asyncio.create_task(self.writer.run())
+        claimer = asyncio.create_task(self.claimer.run(self.config.concurrency))
+        heartbeat = asyncio.create_task(self.claimer.heartbeat())
+        self.control.workers = self.engine.start(self.claimer)
+        try:
+            await asyncio.gather(*self.control.workers, return_exceptions=True)
+        finally:
+            for task in (claimer, heartbeat):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.ledger.finish()
+            self.writer.close()  # the writer flushes what is left, then ends
+            await writer
+            await self.writer.release_leases(self.owner)
+        return await self._result()
+
+    async def record(self, judged: judge.Judged) -> None:
+        """Count one outcome, all its figures at once (its cost is spent whatever happens next),
+        make it durable in the spool, and only then let a guard wait on the network."""
+        state, outcome = self.state, judged.outcome
+        if judged.input_tokens:
+            state.replies += 1
+            state.input_tokens += judged.input_tokens
+            state.output_tokens += judged.output_tokens
+        if isinstance(outcome, UnitFailure):
+            state.failed += 1
+            state.failed_by_reason[outcome.reason] += 1
+        else:
+            state.done += 1
+        refunds, reading = self.ledger.record(judged)
+        await self.writer.spool_outcomes([outcome, *refunds])
+        if isinstance(outcome, UnitFailure):
+            self.emit(Event("unit_failed", outcome.error_text, {"unit": outcome.unit_id}))
+        else:
+            self.emit(
+                Event("unit_done", "", {"unit": outcome.unit_id, "ticks": outcome.cost_ticks})
+            )
+        if reading is not None:
+            self.ledger.check(reading)
+
+    async def _result(self) -> RunResult:
+        writer, control = self.writer, self.control
+        reason = control.reason or await self._all_processed()
+        unwritten = writer.unwritten
+        if control.exit_code == ExitCode.OK and unwritten:
+            control.fail(ExitCode.FAILURE)
+            reason = f"{unwritten} paid results could not be written; they stay in the spool"
+        writer.lost += [f"{outcome.unit_id}: never written" for outcome in writer.unspooled]
+        if writer.lost:  # whatever else happened, paid results are gone: say so
+            control.exit_code = ExitCode.FAILURE
+            reason += (
+                f"; {len(writer.lost)} paid results could not be saved anywhere (the spool "
+                "failed): " + ", ".join(writer.lost[:5])
+            )
+        if writer.quarantined:
+            reason += (
+                f"; {len(writer.quarantined)} results the store refused are kept in the spool's "
+                "quarantine table"
+            )
+        self.emit(Event("run_finished", reason, {"exit_code": int(control.exit_code)}))
+        return RunResult(self.run_id, control.exit_code, reason, self.state, unwritten)
+
+    async def _all_processed(self) -> str:
+        """A run that ends on its own must have taken every unit it could: one that was given
+        back, or whose claim was lost, makes the run end non-zero so nobody takes it for done."""
+        if self.config.failed_only or self.config.max_units is not None:
+            return "all eligible units processed"
+        try:
+            left = await self.store.count_claimable()
+        except StoreError as exc:
+            self.emit(Event("store_error", f"counting what is left: {exc}"))
+            return "all eligible units processed (what is left could not be counted)"
+        if left:
+            self.control.fail(ExitCode.FAILURE)
+            return (
+                f"{left} eligible units were not processed ({self.state.given_back} given back "
+                "unsent, or leased by a claim whose reply was lost): run `knrun go` again"
+            )
+        return "all eligible units processed"

@@ -1,0 +1,202 @@
+"""The live engine: a pool of workers turning leased units into paid replies, through xAI's
+chat API, at the pace its pacing policy allows. The only part of a run that talks to xAI.
+
+A worker never waits for another (a pool, not waves) and never for the store: each outcome goes
+to the coordinator's `record`, which makes it durable and counts its money."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from knrun.errors import ExitCode
+from knrun.job import JobSpec
+from knrun.pricing import ModelPrice, format_usd
+from knrun.run import judge
+from knrun.run.claimer import Claimer
+from knrun.run.config import RunConfig
+from knrun.run.control import Control
+from knrun.run.events import Event, RunState
+from knrun.run.ledger import Ledger
+from knrun.run.pacing import Pacing
+from knrun.store.types import Unit
+from knrun.xai import (
+    AuthFailed,
+    BadRequest,
+    BadResponse,
+    ChatReply,
+    CreditExhausted,
+    ModelUnavailable,
+    NotSent,
+    PossiblyBilled,
+    PromptTooLong,
+    RateLimited,
+    ServerError,
+    Timeout,
+    XaiClient,
+)
+
+Record = Callable[[judge.Judged], Awaitable[None]]
+MIN_REQUEST_S = 60.0  # a unit with less of its lease budget left is given back, not sent
+
+
+class LiveEngine:
+    def __init__(
+        self,
+        *,
+        job: JobSpec,
+        price: ModelPrice,
+        xai: XaiClient,
+        config: RunConfig,
+        state: RunState,
+        control: Control,
+        ledger: Ledger,
+        pacing: Pacing,
+        record: Record,
+        run_id: str,
+        owner: str,
+        unit_budget_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job, self.price, self.xai, self.config = job, price, xai, config
+        self.state, self.control, self.emit = state, control, control.emit
+        self.ledger, self.pacing, self.record = ledger, pacing, record
+        self.run_id, self.owner, self.unit_budget_s = run_id, owner, unit_budget_s
+        self._clock = clock
+        self._attempts = 0  # requests made: numbers each one's attempt id
+        self._outage_streak = 0
+        self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
+
+    def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._worker(claimer, i)) for i in range(self.config.concurrency)
+        ]
+
+    async def _worker(self, claimer: Claimer, index: int) -> None:
+        conv_id = f"knrun-{self.job.name}-{self.job.prompt_hash}-{index}"
+        while (unit := await claimer.take()) is not None:
+            if self.control.stopping:
+                continue  # left leased; released when the run ends
+            self.state.in_flight += 1
+            try:
+                await self._process(unit, conv_id, index)
+            except Exception as exc:  # a bug: stop the whole run now, not after the others
+                self.control.request_stop(
+                    f"internal error: {type(exc).__name__}: {exc}", ExitCode.FAILURE
+                )
+                raise
+            finally:
+                self.state.in_flight -= 1
+
+    async def _process(self, unit: Unit, conv_id: str, lane: int) -> None:
+        """One unit: requests until one is answered (rate limits are waited out), or the unit
+        fails, or its lease budget is spent, or the run stops."""
+        messages = self.job.render(unit.inputs)
+        deadline = self._clock() + self.unit_budget_s
+        while True:
+            await self.pacing.before_request()
+            if self.control.stopping:
+                self.pacing.after_request()
+                return
+            left = deadline - self._clock()
+            if left < min(MIN_REQUEST_S, self.job.timeout_s):
+                # Rate limits have held it too long: a request now could outlive the lease.
+                self.pacing.after_request()
+                self.state.given_back += 1
+                self.emit(Event("given_back", f"unit {unit.id}: its lease budget is spent"))
+                return  # left leased to this run: released when the run ends
+            self._attempts += 1
+            attempt = judge.Attempt(
+                self.run_id, self.owner, f"{self.run_id}:{self._attempts}", self.job.request_hash
+            )
+            sent_at = self._clock()
+            try:
+                reply = await self._chat(messages, conv_id, lane, min(self.job.timeout_s, left))
+            except RateLimited as exc:
+                if storm := self.pacing.on_rate_limited(exc, sent_at):
+                    self.control.request_stop(storm, ExitCode.BREAKER)
+                continue
+            except Exception as exc:
+                await self._failed(unit, messages, exc, attempt)
+                return
+            finally:
+                self.pacing.after_request()
+            break
+        self.pacing.on_success(reply, self._clock() - sent_at)
+        self._outage_streak = 0
+        await self.record(judge.judge(reply, unit, self.job, self.price, attempt))
+
+    async def _chat(
+        self, messages: list[dict[str, str]], conv_id: str, lane: int, timeout_s: float
+    ) -> ChatReply:
+        return await self.xai.chat(
+            model=self.job.model,
+            messages=messages,
+            temperature=self.job.temperature,
+            max_completion_tokens=self.job.max_output_tokens,
+            response_schema=self.job.response_schema,
+            schema_name=self._schema,
+            reasoning_effort=self.job.reasoning_effort,
+            conv_id=conv_id,
+            timeout_s=timeout_s,
+            lane=lane,
+        )
+
+    async def _failed(
+        self, unit: Unit, messages: list[dict[str, str]], exc: Exception, attempt: judge.Attempt
+    ) -> None:
+        """What a failed request means for the run, and for the unit."""
+        if isinstance(exc, CreditExhausted):
+            # Stop at once; the unit is not failed: it was never the unit's fault.
+            self.control.request_stop(f"credit exhausted: {exc}", ExitCode.BREAKER)
+        elif isinstance(exc, AuthFailed | ModelUnavailable):
+            self.control.request_stop(str(exc), ExitCode.USAGE)
+        elif isinstance(exc, PossiblyBilled):
+            await self._possibly_billed(unit, messages, exc, attempt)
+        elif isinstance(exc, PromptTooLong | BadRequest):
+            reason = judge.PROMPT_TOO_LONG if isinstance(exc, PromptTooLong) else judge.BAD_REQUEST
+            await self.record(judge.Judged(judge.failure(unit, reason, str(exc), attempt)))
+        elif isinstance(exc, NotSent | ServerError):  # retried in the call; nothing was billed
+            self._outage(exc)
+            failed = judge.failure(unit, judge.RETRIES_EXHAUSTED, str(exc), attempt)
+            await self.record(judge.Judged(failed))
+        else:
+            raise exc
+
+    def _outage(self, exc: Exception) -> None:
+        self._outage_streak += 1
+        if self._outage_streak >= self.config.max_consecutive_outage:
+            self.control.request_stop(
+                f"xAI unreachable: {self._outage_streak} units in a row failed without a reply "
+                f"(last: {exc})",
+                ExitCode.FAILURE,
+            )
+
+    async def _possibly_billed(
+        self,
+        unit: Unit,
+        messages: list[dict[str, str]],
+        exc: PossiblyBilled,
+        attempt: judge.Attempt,
+    ) -> None:
+        """The request reached xAI and no usable reply came back. xAI bills what it computed, so
+        the attempt is counted at its worst case against the cap and shown; the unit fails for
+        this attempt (retry may try it again), and nothing is sent again now."""
+        if not isinstance(exc, BadResponse):  # an unreadable reply is not an outage
+            self._outage(exc)
+        worst = self.ledger.worst_case_ticks(messages)
+        reason = {Timeout: judge.TIMEOUT, BadResponse: judge.BAD_RESPONSE}.get(
+            type(exc), judge.DROPPED
+        )
+        detail = f"{exc}; counted as possibly billed, up to {format_usd(worst, 6)}"
+        failed = judge.failure(
+            unit,
+            reason,
+            detail,
+            attempt,
+            possible_ticks=worst,
+            expected_ticks=min(self.ledger.expected_ticks(), worst),
+        )
+        self.emit(Event("possibly_billed", detail, {"unit": unit.id}))
+        await self.record(judge.Judged(failed))

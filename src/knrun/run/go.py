@@ -1,0 +1,54 @@
+"""`knrun go`, before it runs: the preflight receipt it needs, and the configuration it runs
+with (its cap is the receipt's approval less what earlier go runs spent since)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from knrun.context import STATE_DIR, Context
+from knrun.errors import ExitCode, RunStopped
+from knrun.preflight.receipt import Receipt, describe, load_valid_receipt
+from knrun.pricing import ModelPrice
+from knrun.run.config import RunConfig
+from knrun.run.guards import BALANCE_SLACK_TICKS
+
+
+@dataclass(frozen=True)
+class GoOptions:
+    concurrency: int = 50
+    max_spend_ticks: int | None = None  # None: what the receipt approved, less earlier runs
+    max_429_rounds: int = 10
+    lease_minutes: float = 15.0
+
+
+async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig:
+    """The run's configuration, or NotAuthorised without a valid receipt, or RunStopped (exit
+    4) when the approved spend is used up."""
+    receipt = load_valid_receipt(STATE_DIR, ctx.job, price)
+    cap = options.max_spend_ticks or await approved_left(ctx, receipt)
+    if cap <= 0:
+        raise RunStopped(
+            f"the approved spend of {describe(receipt)} is used up: run `knrun preflight` "
+            "again, or pass --max-spend",
+            ExitCode.SPEND_CAP,
+        )
+    canary_output = receipt.canary.get("output_tokens_per_unit")
+    return RunConfig(
+        concurrency=options.concurrency,
+        max_429_rounds=options.max_429_rounds,
+        lease_s=options.lease_minutes * 60,
+        cap_ticks=cap,
+        estimate_unit_ticks=receipt.estimate_unit_ticks,
+        output_tokens_estimate=int(canary_output) if canary_output else None,
+        # The canary's charges can reach the prepaid balance during this run.
+        balance_slack_ticks=int(receipt.canary.get("billed_ticks") or 0) + BALANCE_SLACK_TICKS,
+    )
+
+
+async def approved_left(ctx: Context, receipt: Receipt) -> int:
+    """The receipt's approved spend minus what `go` runs have spent since it was issued (at
+    the most: possibly-billed requests at their worst case), from the store's charges, so
+    restarting `go`, even after a kill -9, never resets the cap."""
+    async with ctx.open_store() as store:
+        spent = await store.money(kind="go", since=receipt.created_at)
+    return receipt.approved_ticks - spent.spent_max_ticks

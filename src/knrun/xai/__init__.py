@@ -1,0 +1,53 @@
+"""The xAI adapter: the only package that talks to xAI (chat, models, balance, batch)."""
+
+from knrun.xai.client import CONNECT_TIMEOUT_S, TICKS_PER_CENT, XaiClient
+from knrun.xai.errors import (
+    FAST_5XX_S,
+    RETRYABLE_CHAT,
+    RETRYABLE_READ,
+    AuthFailed,
+    BadRequest,
+    BadResponse,
+    CreditExhausted,
+    Dropped,
+    ModelUnavailable,
+    NotSent,
+    PossiblyBilled,
+    PromptTooLong,
+    RateLimited,
+    ServerError,
+    Timeout,
+    UnreadableReply,
+    XaiError,
+    classify,
+)
+from knrun.xai.models import ApiKeyInfo, ChatReply, LiveModel, RateHeaders, find_live
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "FAST_5XX_S",
+    "RETRYABLE_CHAT",
+    "RETRYABLE_READ",
+    "TICKS_PER_CENT",
+    "ApiKeyInfo",
+    "AuthFailed",
+    "BadRequest",
+    "BadResponse",
+    "ChatReply",
+    "CreditExhausted",
+    "Dropped",
+    "LiveModel",
+    "ModelUnavailable",
+    "NotSent",
+    "PossiblyBilled",
+    "PromptTooLong",
+    "RateHeaders",
+    "RateLimited",
+    "ServerError",
+    "Timeout",
+    "UnreadableReply",
+    "XaiClient",
+    "XaiError",
+    "classify",
+    "find_live",
+]
