@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from _common import job, reset, table, units_db
+from _common import PRICING, job, reset, table, units_db
 from knrun.pricing import Usage, load_pricing
 from knrun.run.coordinator import RunConfig, Runner
 from knrun.sim.replies import content
@@ -91,7 +91,7 @@ async def run_once(db: Path, units: int, base_url: str, concurrency: int) -> dic
     spool = Spool(db.with_suffix(".spool"))
     runner = Runner(
         job=spec,
-        price=load_pricing(HERE.parent / "pricing.toml").price_for(spec.model),
+        price=load_pricing(PRICING).price_for(spec.model),
         store=store,
         xai=xai,
         spool=spool,

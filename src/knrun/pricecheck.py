@@ -79,23 +79,8 @@ def check_prices(
     max_age_days: int = MAX_AGE_DAYS,
 ) -> PriceCheck:
     result = PriceCheck()
-    checked: set[str] = set()
     if job_model is not None:
-        live_job = find_live(live, job_model)
-        if job_model in pricing.retired or (live_job and live_job.id in pricing.retired):
-            result.found.append(
-                (job_model, f"job model {job_model} is in [retired]: do not run it")
-            )
-        if live_job is None:
-            result.found.append(
-                (
-                    job_model,
-                    f"job model {job_model} is not on the live list: retired, misspelt, "
-                    "or this key cannot use it",
-                )
-            )
-        elif price_entry(pricing, job_model, live_job) is None:
-            result.found.append((job_model, f"job model {job_model} is not in {pricing.path}"))
+        _check_job_model(result, pricing, live, job_model)
     for name, price in sorted(pricing.models.items()):
         if price.provider != "xai":
             result.notes.append(f"{name}: {price.provider} model, not checked against xAI")
@@ -105,30 +90,7 @@ def check_prices(
             if name != job_model:
                 result.notes.append(f"{name}: not on the live list (retired? add it to [retired])")
             continue
-        checked.add(name)
-        if price.long_context_threshold != live_model.long_context_threshold:
-            result.found.append(
-                (
-                    name,
-                    f"{name} long_context_threshold: {pricing.path} says "
-                    f"{price.long_context_threshold:,} tokens, live "
-                    f"{live_model.long_context_threshold:,} (0 = no long-context tier)",
-                )
-            )
-        for kind in compared_kinds(price, live_model):
-            file_value = getattr(price, kind) or Decimal(0)
-            live_value = getattr(live_model, kind)
-            ok = not differs(file_value, live_value)
-            result.rows.append(PriceRow(name, kind, file_value, live_value, ok))
-            if not ok:
-                ratio = f" ({live_value / file_value:.1f}x)" if file_value else ""
-                result.found.append(
-                    (
-                        name,
-                        f"{name} {kind}: {pricing.path} says ${format_price(file_value)}/M, "
-                        f"live ${format_price(live_value)}/M{ratio}",
-                    )
-                )
+        _check_model(result, pricing, name, price, live_model)
         age = (today - price.verified_at).days
         if age > max_age_days:
             result.found.append(
@@ -142,6 +104,53 @@ def check_prices(
         if find_live(live, name):
             result.notes.append(f"{name}: in [retired] but still on the live list")
     return result
+
+
+def _check_job_model(
+    result: PriceCheck, pricing: PricingTable, live: Sequence[LiveModel], job_model: str
+) -> None:
+    live_job = find_live(live, job_model)
+    if job_model in pricing.retired or (live_job and live_job.id in pricing.retired):
+        result.found.append((job_model, f"job model {job_model} is in [retired]: do not run it"))
+    if live_job is None:
+        result.found.append(
+            (
+                job_model,
+                f"job model {job_model} is not on the live list: retired, misspelt, "
+                "or this key cannot use it",
+            )
+        )
+    elif price_entry(pricing, job_model, live_job) is None:
+        result.found.append((job_model, f"job model {job_model} is not in {pricing.path}"))
+
+
+def _check_model(
+    result: PriceCheck, pricing: PricingTable, name: str, price: ModelPrice, live: LiveModel
+) -> None:
+    """One priced model's figures against its live entry."""
+    if price.long_context_threshold != live.long_context_threshold:
+        result.found.append(
+            (
+                name,
+                f"{name} long_context_threshold: {pricing.path} says "
+                f"{price.long_context_threshold:,} tokens, live "
+                f"{live.long_context_threshold:,} (0 = no long-context tier)",
+            )
+        )
+    for kind in compared_kinds(price, live):
+        file_value = getattr(price, kind) or Decimal(0)
+        live_value = getattr(live, kind)
+        ok = not differs(file_value, live_value)
+        result.rows.append(PriceRow(name, kind, file_value, live_value, ok))
+        if not ok:
+            ratio = f" ({live_value / file_value:.1f}x)" if file_value else ""
+            result.found.append(
+                (
+                    name,
+                    f"{name} {kind}: {pricing.path} says ${format_price(file_value)}/M, "
+                    f"live ${format_price(live_value)}/M{ratio}",
+                )
+            )
 
 
 @dataclass

@@ -13,92 +13,129 @@ from knrun.display.console import out
 from knrun.pricecheck import PriceCheck, SyncResult
 from knrun.pricing import PricingTable, format_price
 
+Row = tuple[str, str, str]
+
 
 def show_status(report: dict[str, Any]) -> None:
-    total = report["total"] or 0
-    share = f" ({report['done'] / total:.1%})" if total else ""
-    reasons = ", ".join(f"{name} {count}" for name, count in report["failed_by_reason"].items())
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column()
-    table.add_row("in scope", f"{total:,}", "rows matching the job's where")
-    table.add_row("done", f"{report['done']:,}", share.strip())
-    table.add_row("failed", f"{report['failed']:,}", reasons)
-    if report.get("retry_exhausted"):
-        table.add_row(
-            "retry exhausted",
-            f"{report['retry_exhausted']:,}",
-            f"failed {report['max_attempts']}+ times: retry leaves them alone",
-        )
-    table.add_row("remaining", f"{report['remaining']:,}", f"leased now: {report['leased']:,}")
-    table.add_row(
-        "spent",
-        f"${report['spent_usd']}",
-        f"billed ${report['billed_usd']} over {report['requests']:,} requests; tracked "
-        f"${report['tracked_usd']}",
-    )
-    if report["unbilled_replies"]:
-        table.add_row(
-            "without a bill",
-            f"{report['unbilled_replies']:,}",
-            f"replies with no cost_in_usd_ticks: ${report['unbilled_tracked_usd']} at "
-            "pricing.toml's prices",
-        )
-    if report["possibly_billed_requests"]:
-        table.add_row(
-            "possibly billed",
-            f"{report['possibly_billed_requests']:,}",
-            f"timed out or dropped after sending: ~${report['possibly_billed_expected_usd']}, "
-            f"up to ${report['possibly_billed_usd']}",
-        )
-    per_unit = report["cost_per_unit_usd"]
-    table.add_row(
-        "cost of done", f"${report['done_cost_usd']}", f"${per_unit}/unit" if per_unit else ""
-    )
-    table.add_row("last processed", report["last_processed_at"] or "never", "")
-    if report.get("rate_per_min"):
-        eta = report["eta_minutes"]
-        table.add_row("rate", f"{report['rate_per_min']:,}/min", "of the last run")
-        table.add_row("eta", f"{eta:,} min" if eta is not None else "—", "at that rate")
-    for run in report.get("current_runs", []):
-        note = "no update for a minute: killed?" if run["state"] == "stale" else "running"
-        table.add_row(
-            f"{run['kind']} run",
-            run["run_id"],
-            f"{note}; {run['units_ok']} ok, {run['units_failed']} failed, "
-            f"${run['billed_usd']} billed; updated {run['updated_at']}",
-        )
-    if report.get("spool_pending") or report.get("spool_quarantined"):
-        table.add_row(
-            "spool",
-            f"{report['spool_pending']:,}",
-            f"paid results here not yet in the store; {report['spool_quarantined']:,} "
-            "quarantined (`knrun spool`)",
-        )
-    if report.get("spool_pending_other_versions"):
-        table.add_row(
-            "other versions",
-            f"{report['spool_pending_other_versions']:,}",
-            "paid results of another job or version wait in the spool: `knrun spool`",
-        )
-    if report.get("dead_runs"):
-        table.add_row(
-            "dead runs",
-            f"{len(report['dead_runs'])}",
-            "their process died; the next start in their folder wrote what they had spooled",
-        )
-    last = report.get("last_run")
-    if last and last["state"] not in ("running", "stale"):
-        table.add_row(
-            "last run",
-            last["run_id"],
-            f"{last['kind']}: exit {last['exit_code']} ({last['exit_reason']})",
-        )
+    for row in [*_unit_rows(report), *_money_rows(report), *_run_rows(report)]:
+        table.add_row(*row)
     out.print(
         f"[bold]{report['job']}[/] v{report['version']} · {report['model']} · {report['store']}"
     )
     out.print(table)
+
+
+def _unit_rows(report: dict[str, Any]) -> list[Row]:
+    total = report["total"] or 0
+    share = f" ({report['done'] / total:.1%})" if total else ""
+    reasons = ", ".join(f"{name} {count}" for name, count in report["failed_by_reason"].items())
+    rows: list[Row] = [
+        ("in scope", f"{total:,}", "rows matching the job's where"),
+        ("done", f"{report['done']:,}", share.strip()),
+        ("failed", f"{report['failed']:,}", reasons),
+    ]
+    if report.get("retry_exhausted"):
+        rows.append(
+            (
+                "retry exhausted",
+                f"{report['retry_exhausted']:,}",
+                f"failed {report['max_attempts']}+ times: retry leaves them alone",
+            )
+        )
+    rows.append(("remaining", f"{report['remaining']:,}", f"leased now: {report['leased']:,}"))
+    return rows
+
+
+def _money_rows(report: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    rows.append(
+        (
+            "spent",
+            f"${report['spent_usd']}",
+            f"billed ${report['billed_usd']} over {report['requests']:,} requests; tracked "
+            f"${report['tracked_usd']}",
+        )
+    )
+    if report["unbilled_replies"]:
+        rows.append(
+            (
+                "without a bill",
+                f"{report['unbilled_replies']:,}",
+                f"replies with no cost_in_usd_ticks: ${report['unbilled_tracked_usd']} at "
+                "pricing.toml's prices",
+            )
+        )
+    if report["possibly_billed_requests"]:
+        rows.append(
+            (
+                "possibly billed",
+                f"{report['possibly_billed_requests']:,}",
+                f"timed out or dropped after sending: ~${report['possibly_billed_expected_usd']}, "
+                f"up to ${report['possibly_billed_usd']}",
+            )
+        )
+    per_unit = report["cost_per_unit_usd"]
+    rows.append(
+        ("cost of done", f"${report['done_cost_usd']}", f"${per_unit}/unit" if per_unit else "")
+    )
+    return rows
+
+
+def _run_rows(report: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [("last processed", report["last_processed_at"] or "never", "")]
+    if report.get("rate_per_min"):
+        eta = report["eta_minutes"]
+        rows.append(("rate", f"{report['rate_per_min']:,}/min", "of the last run"))
+        rows.append(("eta", f"{eta:,} min" if eta is not None else "—", "at that rate"))
+    for run in report.get("current_runs", []):
+        note = "no update for a minute: killed?" if run["state"] == "stale" else "running"
+        rows.append(
+            (
+                f"{run['kind']} run",
+                run["run_id"],
+                f"{note}; {run['units_ok']} ok, {run['units_failed']} failed, "
+                f"${run['billed_usd']} billed; updated {run['updated_at']}",
+            )
+        )
+    if report.get("spool_pending") or report.get("spool_quarantined"):
+        rows.append(
+            (
+                "spool",
+                f"{report['spool_pending']:,}",
+                f"paid results here not yet in the store; {report['spool_quarantined']:,} "
+                "quarantined (`knrun spool`)",
+            )
+        )
+    if report.get("spool_pending_other_versions"):
+        rows.append(
+            (
+                "other versions",
+                f"{report['spool_pending_other_versions']:,}",
+                "paid results of another job or version wait in the spool: `knrun spool`",
+            )
+        )
+    if report.get("dead_runs"):
+        rows.append(
+            (
+                "dead runs",
+                f"{len(report['dead_runs'])}",
+                "their process died; the next start in their folder wrote what they had spooled",
+            )
+        )
+    last = report.get("last_run")
+    if last and last["state"] not in ("running", "stale"):
+        rows.append(
+            (
+                "last run",
+                last["run_id"],
+                f"{last['kind']}: exit {last['exit_code']} ({last['exit_reason']})",
+            )
+        )
+    return rows
 
 
 def show_spool(listing: Any) -> None:

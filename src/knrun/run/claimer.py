@@ -11,7 +11,7 @@ from knrun.run.control import Control
 from knrun.run.events import Event, RunState
 from knrun.run.ledger import Ledger
 from knrun.store.base import SqlUnitStore
-from knrun.store.sql import MAX_ROWID
+from knrun.store.schema import MAX_ROWID
 from knrun.store.types import Unit
 
 

@@ -98,9 +98,20 @@ class Runner:
             control=self.control,
             clock=clock,
         )
+        self.engine = self._live_engine(job, price, xai, lease_s, clock)
+
+    def _live_engine(
+        self,
+        job: JobSpec,
+        price: ModelPrice,
+        xai: XaiClient,
+        lease_s: float,
+        clock: Callable[[], float],
+    ) -> LiveEngine:
+        config = self.config
         self.breaker = CircuitBreaker(config.max_429_rounds)
         cooldown = Cooldown(clock, base_s=config.cooldown_base_s, max_s=config.cooldown_max_s)
-        self.engine = LiveEngine(
+        return LiveEngine(
             job=job,
             price=price,
             xai=xai,
@@ -108,10 +119,10 @@ class Runner:
             state=self.state,
             control=self.control,
             ledger=self.ledger,
-            pacing=SharedPause(self.breaker, cooldown, self.state, events, clock),
+            pacing=SharedPause(self.breaker, cooldown, self.state, self.emit, clock),
             record=self.record,
-            run_id=run_id,
-            owner=owner,
+            run_id=self.run_id,
+            owner=self.owner,
             # A unit gets this long, from when a worker takes it, before it is given back.
             unit_budget_s=lease_s * 0.9,
             clock=clock,

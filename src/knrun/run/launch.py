@@ -65,48 +65,18 @@ async def launch(ctx: Context, request: Launch) -> Launched:
 async def _launch(
     ctx: Context, request: Launch, store: SqlUnitStore, spool: Spool, xai: XaiClient
 ) -> Launched:
-    job = ctx.job
+    job, config = ctx.job, request.config
     await refuse_stranded(spool, job.name, job.version)
     await store.check_where()
     replayed = await replay_spool(store, spool, job.name, job.version, request.events)
     if replayed:
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
     identity = this_identity(STATE_DIR)
-    await reap_dead_runs(store, identity, request.config.lease_s, request.events)
-    config = request.config
-    if config.failed_only:  # what retry may take: its reasons, under the attempt limit
-        total = await store.count_claimable(
-            failed_only=True, max_attempts=config.max_attempts, reasons=config.retry_reasons
-        )
-    else:
-        total = await store.count_remaining()
-    if config.max_units is not None:
-        total = min(total, config.max_units)
+    await reap_dead_runs(store, identity, config.lease_s, request.events)
+    total = await _eligible(store, config)
     run_id = request.run_id or new_run_id()
     owner = identity.owner(run_id)
-    record = RunRecord(
-        run_id=run_id,
-        kind=request.kind,
-        job=job.name,
-        version=job.version,
-        model=job.model,
-        prompt_hash=job.prompt_hash,
-        host=socket.gethostname(),
-        started_at=utc_now(),
-        updated_at=utc_now(),
-        estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
-        owner=owner,
-        detail={
-            "prices_usd_per_m": {
-                "input": str(request.price.input),
-                "cached_input": str(request.price.cached_input),
-                "output": str(request.price.output),
-            },
-            "concurrency": config.concurrency,
-            "cap_ticks": config.cap_ticks,
-            "store": ctx.target.describe(),
-        },
-    )
+    record = _new_record(ctx, request, run_id, owner, total)
     await store.record_run(record)
     runner = Runner(
         job=job,
@@ -124,19 +94,65 @@ async def _launch(
     )
     if request.on_runner is not None:
         request.on_runner(runner)
-    keeper = asyncio.create_task(_keep_record(store, record, runner, config.record_every_s))
-    try:
-        result = await runner.run()
-    finally:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+    result = await _run_recorded(store, record, runner, config.record_every_s)
     _fill(record, runner, result)
     try:
         await store.record_run(record)
     except Exception as exc:  # the run is over; its record is also in the event log
         request.events(Event("store_error", f"recording the run: {exc}"))
     return Launched(result, record, replayed)
+
+
+async def _eligible(store: SqlUnitStore, config: RunConfig) -> int:
+    """Units this run may take: retry's failed ones (its reasons, under the attempt limit), or
+    every remaining one, up to `max_units`."""
+    if config.failed_only:
+        total = await store.count_claimable(
+            failed_only=True, max_attempts=config.max_attempts, reasons=config.retry_reasons
+        )
+    else:
+        total = await store.count_remaining()
+    return total if config.max_units is None else min(total, config.max_units)
+
+
+def _new_record(ctx: Context, request: Launch, run_id: str, owner: str, total: int) -> RunRecord:
+    job, config, price = ctx.job, request.config, request.price
+    return RunRecord(
+        run_id=run_id,
+        kind=request.kind,
+        job=job.name,
+        version=job.version,
+        model=job.model,
+        prompt_hash=job.prompt_hash,
+        host=socket.gethostname(),
+        started_at=utc_now(),
+        updated_at=utc_now(),
+        estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
+        owner=owner,
+        detail={
+            "prices_usd_per_m": {
+                "input": str(price.input),
+                "cached_input": str(price.cached_input),
+                "output": str(price.output),
+            },
+            "concurrency": config.concurrency,
+            "cap_ticks": config.cap_ticks,
+            "store": ctx.target.describe(),
+        },
+    )
+
+
+async def _run_recorded(
+    store: SqlUnitStore, record: RunRecord, runner: Runner, every_s: float
+) -> RunResult:
+    """The run, its record refreshed in the store while it lives."""
+    keeper = asyncio.create_task(_keep_record(store, record, runner, every_s))
+    try:
+        return await runner.run()
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
 
 
 async def refuse_stranded(spool: Spool, job: str, version: str) -> None:

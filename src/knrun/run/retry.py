@@ -12,7 +12,7 @@ from knrun.preflight.checklist import Options, Preflight, Report
 from knrun.preflight.estimate import prompt_tokens
 from knrun.pricing import ModelPrice, PricingTable
 from knrun.run.config import RunConfig
-from knrun.store.sql import TRANSIENT_REASONS
+from knrun.store.schema import TRANSIENT_REASONS
 
 
 @dataclass(frozen=True)

@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 from knrun.errors import ConfigError, StoreError, StoreRefused
 from knrun.job import JobSpec
-from knrun.store.sql import (
+from knrun.store import migrate
+from knrun.store.records import Rows, RunRecords
+from knrun.store.runs_sql import RunsSql
+from knrun.store.schema import (
     CHARGES_TABLE,
     ID_TEXT,
     ID_TYPE,
     POSITION,
-    RUN_COLUMNS,
     RUNS_TABLE,
     Statement,
-    UnitSql,
     id_from_row,
 )
+from knrun.store.sql import UnitSql
 from knrun.store.types import (
     AttemptRefund,
-    Money,
     Outcome,
-    Progress,
-    RunRecord,
     Unit,
     UnitFailure,
     UnitResult,
 )
-
-Rows = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ class Result:
 CHARGES_STATEMENT_BYTES = 600  # the charges statement's SQL, before its rows
 
 
-class SqlUnitStore(ABC):
+class SqlUnitStore(RunRecords, ABC):
     """A `UnitStore` for any backend that can run a list of statements as one transaction."""
 
     # Largest request body a backend accepts comfortably; None: no limit (one transaction).
@@ -59,6 +54,7 @@ class SqlUnitStore(ABC):
     def __init__(self, job: JobSpec, *, clock: Callable[[], float] = time.time) -> None:
         self.job = job
         self.sql = UnitSql(job)
+        self.runs_sql = RunsSql(job)
         self._clock = clock
         # What a backend says when `knrun db migrate` has not run for this job yet.
         prefix = re.escape(job.source.prefix)
@@ -102,76 +98,12 @@ class SqlUnitStore(ABC):
     # -- schema -----------------------------------------------------------------------------------
 
     async def migrate(self) -> list[str]:
-        info, runs_info = await self.execute(
-            [self.sql.table_info(), self.sql.runs_table_info()], idempotent=True
-        )
-        if not info:
-            raise ConfigError(
-                f"table {self.job.source.table!r} does not exist in the store "
-                "(load units first, e.g. `knrun db import FILE`)"
-            )
-        existing = {row["name"] for row in info}
-        await self.check_where()
-        if self.job.source.id in existing:  # else reported with the other missing columns
-            await self._check_ids()
-        try:
-            await self.execute([self.sql.has_rowid()], idempotent=True)
-        except StoreError:
-            raise ConfigError(
-                f"table {self.job.source.table!r} has no rowid (WITHOUT ROWID): knrun claims "
-                "units in rowid order and cannot use it"
-            ) from None
-        missing_inputs = [c for c in self.sql.input_columns if c not in existing]
-        if missing_inputs:
-            raise ConfigError(
-                f"table {self.job.source.table!r} lacks the job's column(s) "
-                f"{', '.join(missing_inputs)}"
-            )
-        wanted = self.sql.wanted_columns()
-        added = [name for name in wanted if name not in existing]
-        statements = [self.sql.add_column(name, wanted[name]) for name in added]
-        statements.append(self.sql.create_runs_table())
-        statements += self.sql.create_charges_table()
-        statements.append(self.sql.create_status_table())
-        statements.append(self.sql.lease_index())
-        if runs_info:  # a runs table from an older knrun: add what it lacks
-            have = {row["name"] for row in runs_info}
-            for name in RUN_COLUMNS:
-                if name not in have:
-                    statements.append(self.sql.add_run_column(name))
-                    added.append(f"{RUNS_TABLE}.{name}")
-        # Not idempotent as a request (ADD COLUMN twice fails), so a backend never repeats it; a
-        # second `migrate` reads the schema again and adds nothing.
-        await self.execute(statements, idempotent=False)
-        return added
+        """Add knrun's columns and tables for this job; the names of those added."""
+        return await migrate.migrate(self)
 
     async def check_where(self) -> None:
         """The job's `where` compiles against this table (no row is read)."""
-        try:
-            await self.execute([self.sql.check_where()], idempotent=True)
-        except StoreError as exc:
-            if exc.retryable:
-                raise
-            raise ConfigError(
-                f"source.where = {self.job.source.where!r} does not work on table "
-                f"{self.job.source.table!r}: {exc}"
-            ) from None
-
-    async def _check_ids(self) -> None:
-        """Results are written back by id: every row of the job needs one of its own."""
-        [[row]] = await self.execute([self.sql.id_problems()], idempotent=True)
-        missing, repeated = int(row["missing"] or 0), int(row["repeated"] or 0)
-        if missing or repeated:
-            problems = []
-            if missing:
-                problems.append(f"{missing} rows have no {self.job.source.id}")
-            if repeated:
-                problems.append(f"{repeated} rows repeat an id (e.g. {row['examples']})")
-            raise ConfigError(
-                f"table {self.job.source.table!r}: {' and '.join(problems)} among the job's rows; "
-                "knrun writes each result back by id, so each row needs its own: fix the table, "
-                "then run `knrun db migrate` again"
-            )
+        await migrate.check_where(self)
 
     # -- units ------------------------------------------------------------------------------------
 
@@ -259,7 +191,7 @@ class SqlUnitStore(ABC):
         statements = [self.outcome_statement(o) for o in outcomes]
         charged = [o for o in outcomes if not isinstance(o, AttemptRefund) and o.charged]
         if charged:
-            statements.append(self.sql.insert_charges(charged))
+            statements.append(self.runs_sql.insert_charges(charged))
         return statements
 
     async def write_results(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -309,7 +241,9 @@ class SqlUnitStore(ABC):
     def _charge_size(self, outcome: Outcome) -> int:
         if isinstance(outcome, AttemptRefund) or not outcome.charged:
             return 0
-        row = json.dumps(self.sql.charge_row(outcome), ensure_ascii=False, separators=(",", ":"))
+        row = json.dumps(
+            self.runs_sql.charge_row(outcome), ensure_ascii=False, separators=(",", ":")
+        )
         return len(row.encode()) + 8  # the row, escaped once more as a string parameter
 
     async def mark_failed(self, failures: Sequence[UnitFailure]) -> None:
@@ -336,131 +270,8 @@ class SqlUnitStore(ABC):
         [rows] = await self.execute([counted], idempotent=True)
         return len(rows)
 
-    # -- progress and runs ------------------------------------------------------------------------
-
-    async def progress(self, max_attempts: int = 0) -> Progress:
-        now = self._clock()
-        [figures], reasons, [money] = await self.execute(
-            [self.sql.progress(now, max_attempts), self.sql.failures_by_reason(), self.sql.money()],
-            idempotent=True,
-        )
-        return Progress(
-            version=self.job.version,
-            total=int(figures["total"]),
-            done=int(figures["done"]),
-            failed=int(figures["failed"]),
-            remaining=int(figures["remaining"]),
-            leased=int(figures["leased"]),
-            retry_exhausted=int(figures["retry_exhausted"]),
-            done_cost_ticks=int(figures["done_cost"]),
-            avg_input_tokens=_optional_float(figures["avg_input"]),
-            avg_output_tokens=_optional_float(figures["avg_output"]),
-            last_processed_at=figures["last_processed"],
-            failed_by_reason={str(row["reason"]): int(row["n"]) for row in reasons},
-            money=_money(money),
-        )
-
-    async def status(
-        self, *, max_attempts: int = 0, fresh_s: float = 30.0, runs: int = 20
-    ) -> tuple[Progress, list[RunRecord], float]:
-        """What `knrun status` shows: the progress figures (a full count of the job's rows, so
-        reused for `fresh_s` from the store's cache: D1 bills every row read, and a dashboard
-        polling every few seconds would otherwise read the table each time), the recent runs,
-        and the figures' age in seconds. One request while the cache is fresh."""
-        try:
-            cached, recent = await self.execute(
-                [self.sql.read_status(), self.sql.select_runs(self.job.name, runs, None)],
-                idempotent=True,
-            )
-        except ConfigError:
-            raise
-        except StoreError as exc:
-            if "no such table" not in str(exc) or exc.retryable:
-                raise
-            cached = []  # a store migrated by an older knrun: no cache table yet
-            [recent] = await self.execute(
-                [self.sql.select_runs(self.job.name, runs, None)], idempotent=True
-            )
-        now = self._clock()
-        records = [self.sql.run_from_row(row) for row in recent]
-        if cached and cached[0]["max_attempts"] == max_attempts:
-            age = now - float(cached[0]["computed_at"])
-            if 0 <= age <= fresh_s:
-                return _progress_from_json(cached[0]["figures"]), records, age
-        progress = await self.progress(max_attempts)
-        with contextlib.suppress(StoreError):  # an unmigrated cache only costs the next scan
-            figures = json.dumps(asdict(progress))
-            await self.execute([self.sql.write_status(max_attempts, now, figures)], idempotent=True)
-        return progress, records, 0.0
-
-    async def money(self, *, kind: str | None = None, since: str | None = None) -> Money:
-        """This version's charges summed; only runs of `kind` started since `since` if given."""
-        [[row]] = await self.execute([self.sql.money(kind=kind, since=since)], idempotent=True)
-        return _money(row)
-
-    async def running_runs(self, owner_prefix: str) -> Rows:
-        """Runs marked running whose owner starts with `owner_prefix` (run_id, owner,
-        updated_at)."""
-        [rows] = await self.execute([self.sql.running_runs(owner_prefix)], idempotent=True)
-        return rows
-
-    async def mark_dead(self, run_ids: Sequence[str]) -> None:
-        if run_ids:
-            now = utc_stamp(self._clock())
-            await self.execute([self.sql.mark_dead(run_ids, now)], idempotent=True)
-
-    async def heartbeat(self, run: RunRecord, live_within_s: float = 60.0) -> list[RunRecord]:
-        """Refresh a live run's record and read the other live runs sharing this store, in one
-        request; the store's request budget is split among them all."""
-        others = await self.other_live_runs(
-            run.run_id, live_within_s, also=[self.sql.upsert_run(run)]
-        )
-        self.share_budget(len(others) + 1)
-        return others
-
-    async def charged_since(self, since: str, *, exclude_run: str) -> int:
-        [[row]] = await self.execute([self.sql.charged_since(since, exclude_run)], idempotent=True)
-        return int(row["spent"] or 0)
-
-    async def other_live_runs(
-        self, run_id: str, live_within_s: float = 60.0, also: Sequence[Statement] = ()
-    ) -> list[RunRecord]:
-        since = utc_stamp(self._clock() - live_within_s)
-        *_, rows = await self.execute([*also, self.sql.live_runs(since, run_id)], idempotent=True)
-        return [self.sql.run_from_row(row) for row in rows]
-
-    def share_budget(self, runners: int) -> None:  # noqa: B027 - a no-op unless remote
-        """`runners` live runners share this store's request budget (remote stores only)."""
-
-    async def record_run(self, run: RunRecord) -> None:
-        await self.execute([self.sql.upsert_run(run)], idempotent=True)
-
-    async def runs(self, limit: int = 20, kind: str | None = None) -> list[RunRecord]:
-        [rows] = await self.execute(
-            [self.sql.select_runs(self.job.name, limit, kind)], idempotent=True
-        )
-        return [self.sql.run_from_row(row) for row in rows]
-
 
 def statement_size(statement: Statement) -> int:
     """Bytes a statement adds to a JSON request body (close enough to budget with)."""
     params = json.dumps(list(statement.params), ensure_ascii=False, separators=(",", ":"))
     return len(statement.sql.encode()) + len(params.encode()) + 24
-
-
-def _progress_from_json(text: str) -> Progress:
-    data = json.loads(text)
-    data["money"] = Money(**data["money"])
-    return Progress(**data)
-
-
-def _money(row: dict[str, Any]) -> Money:
-    return Money(**{name: int(row[name] or 0) for name in Money.__dataclass_fields__})
-
-
-def utc_stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)

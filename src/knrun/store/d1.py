@@ -24,7 +24,7 @@ from knrun.http import Failure, failure_of, json_body, parse_retry_after, text_e
 from knrun.job import JobSpec
 from knrun.store.base import Result, SqlUnitStore
 from knrun.store.limiter import RequestLimiter
-from knrun.store.sql import Statement
+from knrun.store.schema import Statement
 
 # Cloudflare's account-wide API limit blocks every call for five minutes once exceeded.
 API_BLOCK_S = 300.0

@@ -17,7 +17,7 @@ from typing import Any
 
 from knrun.errors import InputError, StoreError
 from knrun.job import IDENTIFIER, JobSpec
-from knrun.store.sql import quote
+from knrun.store.schema import quote
 from knrun.store.sqlite import connect
 
 _INTEGER = re.compile(r"^-?\d{1,18}$")

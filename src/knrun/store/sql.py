@@ -1,131 +1,26 @@
-"""The SQL both stores run, built once per job.
-
-Identifiers come from the validated job spec and are always double-quoted; the job's `where` is
-operator-owned text. Everything else (unit data, model output, versions, times) is a bound
-parameter, never SQL text. Statements stay within D1's limits (100 parameters, 100 KB each).
-"""
+"""The SQL of one job's units table: eligibility, claims, writes, leases and progress.
+Identifiers are quoted and values bound, as `schema.py` describes."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
-from knrun.store.types import AttemptRefund, RunRecord, UnitFailure, UnitResult
-
-RUNS_TABLE = "knrun_runs"
-POSITION = "knrun_position"  # the claimed row's rowid, as a claim returns it
-ID_TEXT, ID_TYPE = "knrun_id_text", "knrun_id_type"  # the claimed row's id, exactly
-# D1 answers in JSON from JavaScript: an integer past 2^53 comes back rounded, and one bound as
-# a JSON number is rounded on the way in. Such ids travel as text (an INTEGER column's affinity
-# turns the text back into the exact integer).
-JS_SAFE_INTEGER = 2**53
-MIN_ROWID, MAX_ROWID = -(2**63), 2**63 - 1
-
-# Bookkeeping columns (without the job's prefix) and their SQL types.
-BOOKKEEPING_COLUMNS: dict[str, str] = {
-    "prompt_version": "TEXT",  # version of the result in the output columns (success only)
-    "model": "TEXT",
-    "cost_usd": "REAL",  # for the operator's own dashboards; knrun sums cost_ticks
-    "cost_ticks": "INTEGER",  # exact billed cost, 1 tick = 1e-10 USD
-    "input_tokens": "INTEGER",
-    "output_tokens": "INTEGER",
-    "processed_at": "TEXT",  # ISO 8601 UTC of the last attempt
-    "run_id": "TEXT",
-    "status": "TEXT",  # outcome of the last attempt: done | failed
-    "status_version": "TEXT",  # the version `status` and `attempts` refer to
-    "error": "TEXT",  # "<reason>: <detail>" for a failure
-    "attempts": "INTEGER",  # attempts at status_version
-    "lease_owner": "TEXT",
-    "lease_expires": "INTEGER",  # unix seconds (fractions kept: SQLite stores them as REAL)
-    "attempt_id": "TEXT",  # the last request's id (charges table key; a refund clears it)
-    "request_hash": "TEXT",  # what was sent when the unit last failed (JobSpec.request_hash)
-}
-# Failure reasons `knrun retry` takes by default: a second try can turn out differently. The
-# others depend on the request itself and are retried only once the request changes.
-TRANSIENT_REASONS = (
-    "invalid_json",
-    "bad_response",
-    "retries_exhausted",
-    "timeout",
-    "dropped",
+from knrun.store.schema import (
+    BOOKKEEPING_COLUMNS,
+    ID_TEXT,
+    ID_TYPE,
+    MIN_ROWID,
+    POSITION,
+    Statement,
+    id_param,
+    quote,
 )
-
-# The runs table's columns and their definitions; `detail` (JSON) stays last.
-RUN_COLUMNS: dict[str, str] = {
-    "run_id": "TEXT PRIMARY KEY",
-    "kind": "TEXT NOT NULL",
-    "job": "TEXT NOT NULL",
-    "version": "TEXT NOT NULL",
-    "model": "TEXT NOT NULL",
-    "prompt_hash": "TEXT",
-    "host": "TEXT",
-    "started_at": "TEXT NOT NULL",
-    "ended_at": "TEXT",
-    "updated_at": "TEXT",  # refreshed while the run lives: a stale one was killed
-    "state": "TEXT NOT NULL",
-    "exit_code": "INTEGER",
-    "exit_reason": "TEXT",
-    "units_ok": "INTEGER NOT NULL DEFAULT 0",
-    "units_failed": "INTEGER NOT NULL DEFAULT 0",
-    "tracked_ticks": "INTEGER NOT NULL DEFAULT 0",
-    "billed_ticks": "INTEGER NOT NULL DEFAULT 0",
-    "estimate_ticks": "INTEGER",
-    "owner": "TEXT",  # lease owner of the run's units: a dead run's are given back
-    "detail": "TEXT",
-}
-STATUS_TABLE = "knrun_status"  # the last full count of a job version, for cheap status calls
-CHARGES_TABLE = "knrun_charges"
-# One row per request that cost or may have cost money, inserted with the unit's write in the
-# same transaction and keyed by the request's attempt id, so a repeated write counts it once.
-CHARGE_COLUMNS: dict[str, str] = {
-    "attempt_id": "TEXT PRIMARY KEY",
-    "run_id": "TEXT NOT NULL",
-    "job": "TEXT NOT NULL",
-    "version": "TEXT NOT NULL",
-    "unit_id": "TEXT",
-    "outcome": "TEXT NOT NULL",  # done, or the failure reason
-    "billed_ticks": "INTEGER",  # NULL: the reply carried no cost_in_usd_ticks
-    "tracked_ticks": "INTEGER NOT NULL DEFAULT 0",
-    "possible_ticks": "INTEGER NOT NULL DEFAULT 0",
-    "expected_ticks": "INTEGER NOT NULL DEFAULT 0",
-    "at": "TEXT NOT NULL",
-}
-_RUN_COLUMNS = tuple(RUN_COLUMNS)
-
-
-@dataclass(frozen=True)
-class Statement:
-    sql: str
-    params: tuple[Any, ...] = ()
-
-
-def id_param(unit_id: Any) -> Any:
-    """A unit id as a bound parameter: as text when D1 would round it as a number."""
-    if (
-        isinstance(unit_id, int)
-        and not isinstance(unit_id, bool)
-        and abs(unit_id) > JS_SAFE_INTEGER
-    ):
-        return str(unit_id)
-    return unit_id
-
-
-def id_from_row(text: Any, kind: Any) -> Any:
-    """A claimed id from its exact text and SQLite type."""
-    if kind == "integer":
-        return int(str(text))
-    if kind == "real":
-        return float(str(text))
-    return text
-
-
-def quote(identifier: str) -> str:
-    return f'"{identifier}"'
+from knrun.store.types import AttemptRefund, UnitFailure, UnitResult
 
 
 class UnitSql:
@@ -156,57 +51,6 @@ class UnitSql:
 
     def add_column(self, name: str, sql_type: str) -> Statement:
         return Statement(f"ALTER TABLE {self.table} ADD COLUMN {quote(name)} {sql_type}")
-
-    @staticmethod
-    def create_runs_table() -> Statement:
-        columns = ", ".join(f"{name} {definition}" for name, definition in RUN_COLUMNS.items())
-        return Statement(f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} ({columns})")
-
-    @staticmethod
-    def create_charges_table() -> list[Statement]:
-        columns = ", ".join(f"{name} {definition}" for name, definition in CHARGE_COLUMNS.items())
-        return [
-            Statement(f"CREATE TABLE IF NOT EXISTS {CHARGES_TABLE} ({columns})"),
-            Statement(
-                f"CREATE INDEX IF NOT EXISTS {CHARGES_TABLE}_version "
-                f"ON {CHARGES_TABLE} (job, version)"
-            ),
-            Statement(f"CREATE INDEX IF NOT EXISTS {CHARGES_TABLE}_at ON {CHARGES_TABLE} (at)"),
-        ]
-
-    @staticmethod
-    def create_status_table() -> Statement:
-        return Statement(
-            f"CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (job TEXT NOT NULL, version TEXT NOT NULL, "
-            "max_attempts INTEGER NOT NULL, computed_at REAL NOT NULL, figures TEXT NOT NULL, "
-            "PRIMARY KEY (job, version))"
-        )
-
-    def read_status(self) -> Statement:
-        return Statement(
-            f"SELECT max_attempts, computed_at, figures FROM {STATUS_TABLE} "
-            "WHERE job = ? AND version = ?",
-            (self.job.name, self.version),
-        )
-
-    def write_status(self, max_attempts: int, computed_at: float, figures: str) -> Statement:
-        return Statement(
-            f"INSERT INTO {STATUS_TABLE} (job, version, max_attempts, computed_at, figures) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job, version) DO UPDATE SET "
-            "max_attempts = excluded.max_attempts, computed_at = excluded.computed_at, "
-            "figures = excluded.figures",
-            (self.job.name, self.version, max_attempts, computed_at, figures),
-        )
-
-    @staticmethod
-    def runs_table_info() -> Statement:
-        return Statement(f"PRAGMA table_info({RUNS_TABLE})")
-
-    @staticmethod
-    def add_run_column(name: str) -> Statement:
-        # Columns added later cannot be NOT NULL without a default: add them plain.
-        definition = RUN_COLUMNS[name].replace(" NOT NULL", "").replace(" PRIMARY KEY", "")
-        return Statement(f"ALTER TABLE {RUNS_TABLE} ADD COLUMN {name} {definition}")
 
     # -- eligibility ------------------------------------------------------------------------------
 
@@ -438,33 +282,6 @@ class UnitSql:
             (id_param(refund.unit_id), refund.attempt_id),
         )
 
-    @staticmethod
-    def charge_row(o: UnitResult | UnitFailure) -> dict[str, Any]:
-        """One outcome's entry in the charges statement's JSON array."""
-        return {
-            "attempt_id": o.attempt_id,
-            "run_id": o.run_id,
-            "unit_id": str(o.unit_id),
-            "outcome": o.reason if isinstance(o, UnitFailure) else "done",
-            "billed_ticks": o.billed_ticks,
-            "tracked_ticks": o.tracked_ticks,
-            "possible_ticks": o.possible_ticks if isinstance(o, UnitFailure) else 0,
-            "expected_ticks": o.expected_ticks if isinstance(o, UnitFailure) else 0,
-            "at": o.processed_at,
-        }
-
-    def insert_charges(self, outcomes: Sequence[UnitResult | UnitFailure]) -> Statement:
-        """Every charged outcome's money as one statement (one JSON parameter: D1 allows 100
-        bound parameters). INSERT OR IGNORE on the attempt id: a repeated write counts once."""
-        rows = [self.charge_row(o) for o in outcomes]
-        names = [name for name in CHARGE_COLUMNS if name not in ("job", "version")]
-        picks = ", ".join(f"json_extract(value, '$.{name}')" for name in names)
-        return Statement(
-            f"INSERT OR IGNORE INTO {CHARGES_TABLE} (job, version, {', '.join(names)}) "
-            f"SELECT ?, ?, {picks} FROM json_each(?)",
-            (self.job.name, self.version, json.dumps(rows, ensure_ascii=False)),
-        )
-
     def renew(self, owner: str, expires: float) -> Statement:
         """Extend every lease this owner holds."""
         c = self.col
@@ -551,98 +368,3 @@ class UnitSql:
             f"AND COALESCE({c['attempts']}, 0) >= ? ORDER BY rowid LIMIT ?",
             (self.version, self.version, max_attempts, limit),
         )
-
-    def money(self, *, kind: str | None = None, since: str | None = None) -> Statement:
-        """This version's charges summed (`Money`); only those of runs of `kind` started at or
-        after `since` when given."""
-        unbilled = "c.billed_ticks IS NULL AND c.possible_ticks = 0"
-        sums = {
-            "requests": "1",
-            "replies": "CASE WHEN c.possible_ticks = 0 THEN 1 ELSE 0 END",
-            "billed_ticks": "c.billed_ticks",
-            "billed_tracked_ticks": "CASE WHEN c.billed_ticks IS NOT NULL THEN c.tracked_ticks END",
-            "tracked_ticks": "c.tracked_ticks",
-            "unbilled_replies": f"CASE WHEN {unbilled} THEN 1 ELSE 0 END",
-            "unbilled_tracked_ticks": f"CASE WHEN {unbilled} THEN c.tracked_ticks END",
-            "possible_requests": "CASE WHEN c.possible_ticks > 0 THEN 1 ELSE 0 END",
-            "possible_ticks": "c.possible_ticks",
-            "expected_ticks": "c.expected_ticks",
-        }
-        where, params = "c.job = ? AND c.version = ?", [self.job.name, self.version]
-        joined = ""
-        if kind is not None:
-            joined = f" JOIN {RUNS_TABLE} r ON r.run_id = c.run_id"
-            where += " AND r.kind = ? AND r.started_at >= ?"
-            params += [kind, since or ""]
-        columns = ", ".join(f"COALESCE(SUM({expr}), 0) AS {name}" for name, expr in sums.items())
-        return Statement(
-            f"SELECT {columns} FROM {CHARGES_TABLE} c{joined} WHERE {where}", tuple(params)
-        )
-
-    @staticmethod
-    def charged_since(since: str, exclude_run: str) -> Statement:
-        """Every job's charges since `since` but one run's, each at its dearest."""
-        return Statement(
-            "SELECT COALESCE(SUM(COALESCE(billed_ticks, tracked_ticks) + possible_ticks), 0) "
-            f"AS spent FROM {CHARGES_TABLE} WHERE at >= ? AND run_id != ?",
-            (since, exclude_run),
-        )
-
-    @staticmethod
-    def live_runs(since: str, exclude: str) -> Statement:
-        """Other runs, of any job in this database, that refreshed their record since `since`."""
-        return Statement(
-            f"SELECT {', '.join(_RUN_COLUMNS)} FROM {RUNS_TABLE} "
-            "WHERE state = 'running' AND updated_at >= ? AND run_id != ?",
-            (since, exclude),
-        )
-
-    @staticmethod
-    def running_runs(owner_prefix: str) -> Statement:
-        """Runs still marked running whose units were leased from one working folder."""
-        return Statement(
-            f"SELECT run_id, owner, updated_at FROM {RUNS_TABLE} "
-            "WHERE state = 'running' AND substr(owner, 1, ?) = ?",
-            (len(owner_prefix), owner_prefix),
-        )
-
-    @staticmethod
-    def mark_dead(run_ids: Sequence[str], now: str) -> Statement:
-        return Statement(
-            f"UPDATE {RUNS_TABLE} SET state = 'dead', ended_at = COALESCE(updated_at, ?), "
-            "exit_reason = 'the process died before it finished (found at a later start)' "
-            "WHERE state = 'running' AND run_id IN (SELECT value FROM json_each(?))",
-            (now, json.dumps(list(run_ids))),
-        )
-
-    # -- runs -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def upsert_run(run: RunRecord) -> Statement:
-        values = [getattr(run, column) for column in _RUN_COLUMNS[:-1]]
-        values.append(json.dumps(run.detail, sort_keys=True, default=str))
-        updates = ", ".join(f"{column} = excluded.{column}" for column in _RUN_COLUMNS[1:])
-        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
-        return Statement(
-            f"INSERT INTO {RUNS_TABLE} ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders}) "
-            f"ON CONFLICT(run_id) DO UPDATE SET {updates}",
-            tuple(values),
-        )
-
-    @staticmethod
-    def select_runs(job: str, limit: int, kind: str | None) -> Statement:
-        where, params = "job = ?", [job]
-        if kind is not None:
-            where += " AND kind = ?"
-            params.append(kind)
-        return Statement(
-            f"SELECT {', '.join(_RUN_COLUMNS)} FROM {RUNS_TABLE} WHERE {where} "
-            "ORDER BY started_at DESC LIMIT ?",
-            (*params, limit),
-        )
-
-    @staticmethod
-    def run_from_row(row: dict[str, Any]) -> RunRecord:
-        fields = {column: row[column] for column in _RUN_COLUMNS}
-        fields["detail"] = json.loads(fields["detail"] or "{}")
-        return RunRecord(**fields)

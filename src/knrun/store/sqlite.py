@@ -13,7 +13,7 @@ from pathlib import Path
 from knrun.errors import ConfigError, StoreError, StoreRefused, StoreUnusable
 from knrun.job import JobSpec
 from knrun.store.base import Result, SqlUnitStore
-from knrun.store.sql import Statement
+from knrun.store.schema import Statement
 
 BUSY_TIMEOUT_MS = 30_000
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import httpx
 
@@ -21,15 +22,37 @@ class XaiError(KnrunError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class LimitClaim:
+    """What a 429's text says about the limit it hit: "Requests per Second (actual/limit):
+    31/30." is requests, 1 s, 31, 30. A claim, not a fact: some 429s are not about this run."""
+
+    kind: str  # requests | tokens
+    window_s: float
+    actual: float
+    limit: float
+
+    @property
+    def per_s(self) -> float:
+        return self.limit / self.window_s
+
+
 class RateLimited(XaiError):
-    """Slow down. `window` is "second" or "minute" when the message names one."""
+    """Slow down. `window` is "second" or "minute" when the message names one; `claim` is the
+    limit the message names, when it names one."""
 
     def __init__(
-        self, message: str, status: int | None, retry_after: float | None, window: str | None
+        self,
+        message: str,
+        status: int | None,
+        retry_after: float | None,
+        window: str | None,
+        claim: LimitClaim | None = None,
     ) -> None:
         super().__init__(message, status)
         self.retry_after = retry_after
         self.window = window
+        self.claim = claim
 
 
 class CreditExhausted(XaiError):
@@ -105,6 +128,24 @@ _MODEL = ("does not exist", "model not found")
 _TOO_LONG = ("maximum prompt length", "input_too_large", "prompt is too long")
 _RATE = ("too many requests", "too many tokens", "rate limit", "at capacity")
 _WINDOW = re.compile(r"per (second|minute)", re.IGNORECASE)
+_CLAIM = re.compile(
+    r"(requests|tokens) per (second|minute) \(actual/limit\):\s*([\d.]+)\s*/\s*([\d.]+)",
+    re.IGNORECASE,
+)
+
+
+def limit_claim(message: str) -> LimitClaim | None:
+    found = _CLAIM.search(message)
+    if found is None:
+        return None
+    kind, window, actual, limit = found.groups()
+    try:
+        claim = LimitClaim(
+            kind.lower(), 1.0 if window.lower() == "second" else 60.0, float(actual), float(limit)
+        )
+    except ValueError:
+        return None
+    return claim if claim.limit > 0 else None
 
 
 def classify(
@@ -134,7 +175,9 @@ def classify(
     if status == 429 or any(fragment in lowered for fragment in _RATE):
         window = _WINDOW.search(message)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return RateLimited(text, status, retry_after, window[1].lower() if window else None)
+        return RateLimited(
+            text, status, retry_after, window[1].lower() if window else None, limit_claim(message)
+        )
     if status == 403:
         return AuthFailed(text, status)  # blocked team or key, or a missing permission
     if status == 404:

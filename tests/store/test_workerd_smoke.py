@@ -19,7 +19,7 @@ from knrun.job import JobSpec
 from knrun.store import D1Store, UnitResult
 from knrun.store.d1 import D1QueryError
 from knrun.store.limiter import RequestLimiter
-from knrun.store.sql import Statement
+from knrun.store.schema import Statement
 from workerd_d1 import WorkerdD1, WorkerdD1Error, node_available, serve_workerd_d1
 
 _UNAVAILABLE = node_available()

@@ -156,7 +156,7 @@ def test_rate_limit_keeps_retry_after_and_auth_errors_exit_as_config_errors() ->
 async def test_bad_sql_is_final_and_sent_once(sim, job, clock) -> None:
     store = await ready_store(sim, job, clock)
     sent = store.requests_sent
-    from knrun.store.sql import Statement
+    from knrun.store.schema import Statement
 
     with pytest.raises(D1QueryError, match="no such column"):
         await store.execute([Statement("SELECT nope FROM units")], idempotent=True)

@@ -110,7 +110,10 @@ def test_replies_without_a_bill_and_a_66x_low_pricing_toml_are_caught_early(
     code, _, err = knrun("go")
     assert code == 5, err
     assert "xAI sent no bill for" in err and "pricing.toml is likely wrong" in err
-    assert xai_server.stats.paid_requests <= 150  # the incident's alarm came at unit 247
+    # The incident's alarm came at unit 247, and the old code's never came. The bound here is
+    # the first balance check (5% unbilled, then every 20 replies) plus a pool of 50 in flight
+    # and the simulated billing lag, which is wall-clock: a loaded machine sends more inside it.
+    assert xai_server.stats.paid_requests <= 200
     figures = status()
     assert figures["unbilled_replies"] > 0 and usd(figures["billed_usd"]) == 0
     assert usd(figures["unbilled_tracked_usd"]) > 0
