@@ -109,10 +109,14 @@ async def run_scaled(
     *,
     scale: float,
     concurrency: int = 50,
+    max_concurrency: int | None = None,
     store: str = "d1",
     xai: XaiSimulator | None = None,
+    runners: int = 1,
+    run_id: str = "bench",
 ) -> Measured:
-    """One run of the real Runner over `db` in a world scaled by `scale`."""
+    """One run of the real Runner over `db` in a world scaled by `scale`: `concurrency`
+    fixed, or auto up to `max_concurrency`; `runners` live runs share the account's limits."""
     spec = job()
     sim = xai or xai_sim(scale)
     d1 = None
@@ -129,13 +133,15 @@ async def run_scaled(
         )
     else:
         unit_store = SqliteStore(spec, db)
-    client = xai_client(sim, concurrency)
-    spool_path = db.with_suffix(".spool")
+    workers = max_concurrency or concurrency
+    client = xai_client(sim, workers)
+    spool_path = db.with_suffix(f".{run_id}.spool")
     spool = Spool(spool_path)
     config = RunConfig(
-        concurrency=concurrency,
+        concurrency=workers,
+        max_concurrency=max_concurrency,
         write_interval_s=2.0 * scale,
-        cooldown_base_s=2.0 * scale,
+        time_scale=scale,
         store_retry_base_s=1.0 * scale,
     )
     finished: list[float] = []
@@ -151,11 +157,12 @@ async def run_scaled(
         xai=client,
         spool=spool,
         config=config,
-        run_id="bench",
-        owner="bench:run",
+        run_id=run_id,
+        owner=f"bench:{run_id}",
         total=units,
         events=events,
     )
+    runner.pacing.share(runners)  # what launch learns from the runs table
     started, cpu = time.perf_counter(), time.process_time()
     result = await runner.run()
     wall, cpu_used = time.perf_counter() - started, time.process_time() - cpu

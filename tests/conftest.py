@@ -42,6 +42,10 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(ENV_PREFIXES):
             monkeypatch.delenv(name)
+    # Pacing keeps simulated time, a hundred times faster than real: its first rate, its
+    # backoffs and its rounds take milliseconds. Not faster: a request's real round trip here
+    # (a millisecond or two) must stay short against a pacing second.
+    monkeypatch.setenv("KNRUN_SIM_TIME_SCALE", "0.01")
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ def state() -> RunState:
         billed_tracked_ticks=USD * 84 // 100,
         tracked_ticks=USD * 84 // 100,
     )
-    s.rate_limited, s.rate_limit_rounds = 3, 1
+    s.rate_limited, s.rate_limit_rounds, s.sent = 3, 1, 411
+    s.rate_rps, s.rate_limit, s.peak_in_flight = 12.5, "30 requests/s (header)", 64
     s.in_flight, s.queued, s.write_backlog, s.written = 50, 20, 40, 368
     s.started_at -= 60  # a minute in
     return s
@@ -38,7 +39,10 @@ def test_the_plain_line_carries_progress_rate_spend_and_pipeline() -> None:
     line = progress_line(state())
     assert line.startswith("408/1000 units (400 ok, 8 failed) · 408/min · eta 1m")
     assert "spent $0.8500 / cap $3.00 · " in line
-    assert "429s 3 in 1 rounds · in flight 50 · write backlog 40" in line
+    assert (
+        "pace 12.5/s (limit 30 requests/s (header)) · in flight 50/50 · "
+        "429s 3 (0.7%) in 1 rounds · write backlog 40"
+    ) in line
 
 
 def test_money_the_provider_never_billed_is_shown_apart() -> None:
@@ -71,6 +75,8 @@ def test_the_panel_shows_every_figure_an_operator_watches() -> None:
         "cap $3.00",
         "invalid_json 6, truncated 2",
         "20 queued · 50 in flight · 40 to write · 368 written",
+        "12.5 requests/s · limit 30 requests/s (header) · in flight 50 of 50 allowed (peak 64)",
+        "3 of 411 requests (0.7%) in 1 rounds",
         "stopping: spend cap reached",
     ):
         assert expected in text

@@ -130,7 +130,7 @@ def test_a_balance_short_of_the_requirement_fails_step_4_with_the_numbers(
     ready: XaiSimulator,
 ) -> None:
     ready.balance_ticks = 2 * 10**10  # $2: the estimate is small, but the $5 allowance is not
-    code, out, _ = knrun("preflight")
+    code, out, _ = knrun("preflight", "--overshoot", "5")
     assert code == 2
     assert re.search(
         r"4 balance\s+FAIL\s+\$2.00 \(management-api\) does NOT cover the run: needs "
@@ -138,6 +138,25 @@ def test_a_balance_short_of_the_requirement_fails_step_4_with_the_numbers(
         out,
     )
     assert ready.stats.chat_requests == 0 and not RECEIPT.exists()
+
+
+def test_the_overshoot_allowance_follows_the_planned_concurrency(ready: XaiSimulator) -> None:
+    """What may be billed past the balance is every request in flight when it runs out: the
+    allowance is as many units as go may have in flight (or are left) at their worst case, and
+    the receipt holds go to that many."""
+    ready.balance_ticks = 10**10  # $1
+    code, out, _ = knrun("preflight", "--max-concurrency", "200")
+    assert code == 2  # 200 in flight at about 3 cents at worst: $1 does not cover it
+    found = re.search(r"\+ \$(\d+\.\d\d) overshoot allowance \(200 in flight x \$(\S+) worst", out)
+    assert found is not None, out
+    assert float(found[1]) == pytest.approx(200 * float(found[2]), abs=0.01)
+    ready.balance_ticks = 25 * 10**10
+    code, out, err = knrun("preflight", "--max-concurrency", "20")
+    assert code == 0, err
+    assert "(20 in flight x" in out
+    assert json.loads(RECEIPT.read_text())["max_concurrency"] == 20
+    code, _, err = knrun("go", "--max-concurrency", "500")
+    assert "at most 20 units in flight" in err
 
 
 def test_without_a_management_key_the_balance_is_attested(

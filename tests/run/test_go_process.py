@@ -30,7 +30,8 @@ from knrun.sim.xai import XaiSimulator
 
 def start_go(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "knrun", "go", *args],
+        # A pool of 50: the paid-twice bound below is what is in flight at each kill.
+        [sys.executable, "-m", "knrun", "go", "--concurrency", "50", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

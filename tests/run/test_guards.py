@@ -1,13 +1,11 @@
-"""The guards on their own: breaker, shared cooldown, spend cap, drift monitor."""
+"""The guards on their own: breaker, spend cap, failure rate, drift monitor."""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import FakeClock
 from knrun.run.guards import (
     CircuitBreaker,
-    Cooldown,
     DriftMonitor,
     DriftReading,
     FailureRate,
@@ -47,27 +45,19 @@ def test_breaker_trips_at_once_on_credit_exhausted_and_keeps_the_first_reason() 
     assert breaker.tripped == "credit exhausted: Your team has used all available credits"
 
 
-async def test_cooldown_honours_retry_after_and_holds_every_waiter(clock: FakeClock) -> None:
-    cooldown = Cooldown(clock, clock.sleep, base_s=2, max_s=60)
-    assert cooldown.trigger(retry_after=7, consecutive=1) == 7
-    assert cooldown.active
-    start = clock()
-    await cooldown.wait()
-    assert clock() - start == pytest.approx(7)
-    assert not cooldown.active
-
-
-def test_cooldown_backs_off_without_retry_after_and_is_capped(clock: FakeClock) -> None:
-    cooldown = Cooldown(clock, clock.sleep, base_s=2, max_s=60)
-    assert [cooldown.trigger(None, n) for n in (1, 2, 3, 4, 10)] == [2, 4, 8, 16, 60]
-    assert cooldown.trigger(retry_after=3600, consecutive=1) == 60
-
-
-def test_a_longer_pause_is_never_shortened_by_a_shorter_one(clock: FakeClock) -> None:
-    cooldown = Cooldown(clock, clock.sleep)
-    cooldown.trigger(30, 1)
-    cooldown.trigger(1, 1)
-    assert cooldown.until == clock() + 30
+def test_429s_of_requests_backing_off_each_on_its_own_time_are_one_round() -> None:
+    """Without a shared freeze, requests come back at jittered times; a round lasts at least
+    `min_round_s`, so a second of scattered 429s is one round, not one per request."""
+    breaker = CircuitBreaker(3, min_round_s=1.0)
+    assert breaker.record_rate_limited(sent_at=0.0, now=0.0)
+    assert not any(breaker.record_rate_limited(sent_at=t / 10, now=t / 10) for t in range(1, 10))
+    assert breaker.rounds == 1
+    assert breaker.record_rate_limited(sent_at=1.05, now=1.05)  # a new round after a second
+    assert breaker.rounds == 2 and breaker.tripped is None
+    # Rounds in a row grow as the backoffs do: the third opens two seconds after the second.
+    assert not breaker.record_rate_limited(sent_at=2.5, now=2.5)
+    assert breaker.record_rate_limited(sent_at=3.1, now=3.1)
+    assert breaker.rounds == 3 and breaker.tripped is not None  # max_rounds = 3
 
 
 def test_spend_cap_counts_committed_units_at_their_worst_case() -> None:

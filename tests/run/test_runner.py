@@ -71,16 +71,21 @@ async def run(
     return result, store
 
 
-async def test_a_429_pauses_every_worker_for_its_retry_after(tmp_path: Path, job: JobSpec) -> None:
+async def test_a_429_holds_its_own_request_for_its_retry_after_and_nobody_else(
+    tmp_path: Path, job: JobSpec
+) -> None:
+    """No shared freeze: the refused request waits the Retry-After (a proxy may send one; xAI
+    does not), and the other workers keep the pace meanwhile."""
     sim = XaiSimulator(Scenario(latency={"median_s": 0.01, "sigma": 0.1}, balance_usd=Decimal(100)))
     sim.force("rate_limited")
     sim.scenario.faults.retry_after_s = 0.4
     result, store = await run(tmp_path, job, sim)
     assert result.exit_code == ExitCode.OK and result.state.done == 200
+    assert result.state.rate_limited == 1 and result.state.rate_limit_rounds == 1
     [limited_at] = [at for at, outcome in sim.stats.answered if outcome == "rate_limited"]
     during = [at for at in sim.stats.arrivals if limited_at + 0.03 < at < limited_at + 0.37]
-    assert during == []  # nobody sent a request while the pause lasted
-    assert any(at >= limited_at + 0.4 for at in sim.stats.arrivals)  # and all resumed
+    assert during  # the others went on sending while the refused one waited
+    assert max(sim.stats.arrivals) >= limited_at + 0.4  # and it went again after its pause
     await store.close()
 
 

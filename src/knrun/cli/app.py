@@ -17,6 +17,7 @@ from knrun import __version__
 from knrun.display import console
 from knrun.errors import ConfigError, ExitCode, KnrunError
 from knrun.pricing import usd_to_ticks
+from knrun.run.config import AUTO, MAX_CONCURRENCY
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -78,6 +79,38 @@ def guarded(command: Callable[P, T]) -> Callable[P, T]:
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Typer has no async commands: each command runs its coroutine here."""
     return asyncio.run(coroutine)
+
+
+ConcurrencyOption = Annotated[
+    str,
+    typer.Option(
+        "--concurrency",
+        help="Units in flight: 'auto' finds the account's rate limit and runs at it (up to "
+        "--max-concurrency); a number holds that many.",
+    ),
+]
+MaxConcurrencyOption = Annotated[
+    int,
+    typer.Option(
+        "--max-concurrency",
+        min=1,
+        max=MAX_CONCURRENCY,
+        help="Units in flight at most: bounds money in flight and connections.",
+    ),
+]
+
+
+def parse_concurrency(value: str) -> int | None:
+    """`--concurrency`: None for auto, else a count of units in flight."""
+    text = value.strip().lower()
+    if text == AUTO:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"--concurrency must be 'auto' or a whole number from 1 to {MAX_CONCURRENCY:,}, "
+            f"not {value!r}"
+        )
+    return int(text)
 
 
 def parse_usd(value: str | None, option: str) -> int | None:

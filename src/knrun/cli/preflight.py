@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from knrun.cli.app import JobOption, PricingOption, app, guarded, parse_usd, run_async
+from knrun.cli.app import (
+    JobOption,
+    MaxConcurrencyOption,
+    PricingOption,
+    app,
+    guarded,
+    parse_usd,
+    run_async,
+)
 from knrun.context import load_context, load_pricing_for
 from knrun.display import checklist, console
 from knrun.errors import RunStopped
@@ -15,6 +23,7 @@ from knrun.preflight.checklist import Options, Preflight
 from knrun.preflight.steps import CanaryFigures
 from knrun.pricecheck import MAX_AGE_DAYS
 from knrun.run.canary import run_canary
+from knrun.run.config import DEFAULT_MAX_CONCURRENCY
 
 
 @app.command("preflight")
@@ -36,8 +45,15 @@ def preflight(
         int, typer.Option("--sample", min=1, help="Prompts rendered to measure input tokens.")
     ] = 500,
     overshoot: Annotated[
-        str, typer.Option("--overshoot", help="USD allowed past the balance (billing lag).")
-    ] = "5",
+        str | None,
+        typer.Option(
+            "--overshoot",
+            help="USD allowed past the balance (billing lags). Default: --max-concurrency "
+            "units at their worst case.",
+            show_default=False,
+        ),
+    ] = None,
+    max_concurrency: MaxConcurrencyOption = DEFAULT_MAX_CONCURRENCY,
     max_age_days: Annotated[
         int, typer.Option(help="Fail when the model's verified_at is older than this.")
     ] = MAX_AGE_DAYS,
@@ -53,7 +69,8 @@ def preflight(
     options = Options(
         canary=canary,
         sample=sample,
-        overshoot_ticks=parse_usd(overshoot, "--overshoot") or 0,
+        overshoot_ticks=parse_usd(overshoot, "--overshoot"),
+        max_concurrency=max_concurrency,
         attested_balance_ticks=attested,
         max_age_days=max_age_days,
     )

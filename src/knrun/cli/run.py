@@ -6,16 +6,24 @@ from typing import Annotated
 
 import typer
 
-from knrun.cli.app import JobOption, PricingOption, app, guarded, parse_usd, run_async
+from knrun.cli.app import (
+    ConcurrencyOption,
+    JobOption,
+    MaxConcurrencyOption,
+    PricingOption,
+    app,
+    guarded,
+    parse_concurrency,
+    parse_usd,
+    run_async,
+)
 from knrun.cli.session import RunCommand, finish, run_command
 from knrun.context import load_context, load_pricing_for
 from knrun.display import checklist, console
+from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY
 from knrun.run.go import GoOptions, go_config
 from knrun.run.retry import RetryOptions, exhausted_units, retry_config
 
-ConcurrencyOption = Annotated[
-    int, typer.Option("--concurrency", min=1, max=500, help="Workers (requests in flight).")
-]
 MaxSpendOption = Annotated[
     str | None,
     typer.Option(
@@ -50,7 +58,8 @@ Max429Option = Annotated[
 def go(
     job: JobOption = None,
     pricing: PricingOption = None,
-    concurrency: ConcurrencyOption = 50,
+    concurrency: ConcurrencyOption = AUTO,
+    max_concurrency: MaxConcurrencyOption = DEFAULT_MAX_CONCURRENCY,
     max_spend: MaxSpendOption = None,
     max_429_rounds: Max429Option = 10,
     lease_minutes: LeaseOption = 15,
@@ -60,12 +69,18 @@ def go(
     ctx = load_context(job)
     price = load_pricing_for(pricing).price_for(ctx.job.model)
     options = GoOptions(
-        concurrency=concurrency,
+        concurrency=parse_concurrency(concurrency),
+        max_concurrency=max_concurrency,
         max_spend_ticks=parse_usd(max_spend, "--max-spend"),
         max_429_rounds=max_429_rounds,
         lease_minutes=lease_minutes,
     )
     config = run_async(go_config(ctx, price, options))
+    if config.workers < min(options.concurrency or max_concurrency, max_concurrency):
+        console.warn(
+            f"at most {config.workers:,} units in flight: the preflight receipt's balance "
+            "allowance was sized for that many (run preflight with a higher --max-concurrency)"
+        )
     command = RunCommand("go", ctx, price, config, live=console.is_terminal())
     finish(run_async(run_command(command)))
 
@@ -85,7 +100,8 @@ def retry(
         int,
         typer.Option("--max-attempts", min=1, help="Leave a unit alone after this many failures."),
     ] = 3,
-    concurrency: ConcurrencyOption = 10,
+    concurrency: ConcurrencyOption = AUTO,
+    max_concurrency: MaxConcurrencyOption = 100,
     balance: Annotated[
         str | None,
         typer.Option(
@@ -114,7 +130,8 @@ def retry(
         max_units=max_units,
         cap_ticks=parse_usd(max_spend, "--max-spend") or 0,
         max_attempts=max_attempts,
-        concurrency=concurrency,
+        concurrency=parse_concurrency(concurrency),
+        max_concurrency=max_concurrency,
         attested_balance_ticks=parse_usd(balance, "--balance"),
         max_429_rounds=max_429_rounds,
         all_reasons=all_reasons,

@@ -112,6 +112,11 @@ def _balance(step: Step) -> Words:
         f"needs {format_usd(f['need'], 2)} = {what} + "
         f"{format_usd(f['overshoot'], 2)} overshoot allowance"
     )
+    if f.get("overshoot_in_flight"):
+        rule += (
+            f" ({f['overshoot_in_flight']:,} in flight x {format_usd(f['overshoot_unit'], 4)} "
+            "worst case)"
+        )
     codes = {p.code for p in step.problems}
     if "balance_unknown" in codes:
         return Words(

@@ -64,6 +64,16 @@ def money_note(state: RunState) -> str:
     return "; ".join(parts)
 
 
+def pace(state: RunState) -> str:
+    """How fast it sends and why: the pacing's rate, the limit it knows, units in flight
+    against what it allows, and the share of requests answered 429."""
+    return (
+        f"pace {state.rate_rps:.1f}/s (limit {state.rate_limit}) · "
+        f"in flight {state.in_flight}/{state.concurrency} · "
+        f"429s {state.rate_limited} ({state.share_429:.1%}) in {state.rate_limit_rounds} rounds"
+    )
+
+
 def progress_line(state: RunState) -> str:
     cap = f" / cap {format_usd(state.cap_ticks, 2)}" if state.cap_ticks else ""
     note = money_note(state)
@@ -72,8 +82,7 @@ def progress_line(state: RunState) -> str:
         f"{state.units_per_minute():.0f}/min · eta {_duration(state.eta_seconds())} · "
         f"spent {format_usd(state.money.spent_ticks)}{cap}"
         + (f" ({note})" if note else "")
-        + f" · 429s {state.rate_limited} in {state.rate_limit_rounds} rounds · "
-        f"in flight {state.in_flight} · write backlog {state.write_backlog}"
+        + f" · {pace(state)} · write backlog {state.write_backlog}"
         + (f" · store errors {state.store_errors}" if state.store_errors else "")
     )
 
@@ -104,8 +113,19 @@ def panel(state: RunState) -> Panel:
         grid.add_row("unverified", f"[yellow]{note}[/]")
     reasons = ", ".join(f"{k} {v}" for k, v in state.failed_by_reason.most_common(4)) or "none"
     grid.add_row("failures", reasons)
-    cooling = " · [yellow]cooling down[/]" if state.cooling_down else ""
-    grid.add_row("429s", f"{state.rate_limited} in {state.rate_limit_rounds} rounds{cooling}")
+    grid.add_row(
+        "pace",
+        f"{state.rate_rps:.1f} requests/s · limit {state.rate_limit} · "
+        f"in flight {state.in_flight:,} of {state.concurrency:,} allowed "
+        f"(peak {state.peak_in_flight:,})",
+    )
+    refused = f"{state.share_429:.1%}"
+    refused = f"[yellow]{refused}[/]" if state.share_429 > 0.05 else refused
+    grid.add_row(
+        "429s",
+        f"{state.rate_limited:,} of {state.sent:,} requests ({refused}) in "
+        f"{state.rate_limit_rounds} rounds",
+    )
     grid.add_row(
         "pipeline",
         f"{state.queued} queued · {state.in_flight} in flight · "
@@ -139,10 +159,6 @@ class RunDisplay:
             self._live.start()
 
     def __call__(self, event: Event) -> None:
-        if self.state is not None:
-            self.state.cooling_down = event.kind == "rate_limited" or (
-                self.state.cooling_down and event.kind not in ("unit_done", "unit_failed")
-            )
         if event.kind in NOTABLE and not (event.kind == "drift_check" and event.message == "ok"):
             self._line(f"{event.kind}: {event.message}")
         elif not self.live and self.state is not None:

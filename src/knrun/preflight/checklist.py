@@ -19,8 +19,9 @@ from knrun.errors import ExitCode
 from knrun.preflight import estimate as estimates
 from knrun.preflight import steps
 from knrun.preflight.receipt import Receipt, save_receipt
-from knrun.preflight.steps import MARGIN, CanaryFigures, Finding, Step
+from knrun.preflight.steps import MARGIN, CanaryFigures, Finding, Overshoot, Step
 from knrun.pricing import ModelPrice, PricingTable
+from knrun.run.config import DEFAULT_MAX_CONCURRENCY
 from knrun.run.judge import utc_now
 from knrun.run.lock import new_run_id
 from knrun.store.base import SqlUnitStore
@@ -28,6 +29,7 @@ from knrun.store.types import Progress, RunRecord
 from knrun.xai import LiveModel, XaiClient, XaiError, find_live
 
 Report = Callable[[Step], None]
+RETRY_OVERSHOOT_TICKS = 5 * 10**10  # $5: retry's own cap bounds what it has in flight
 Canary = Callable[[int, int], Awaitable[CanaryFigures]]  # (units, estimated ticks per unit)
 
 
@@ -35,7 +37,10 @@ Canary = Callable[[int, int], Awaitable[CanaryFigures]]  # (units, estimated tic
 class Options:
     canary: int = 10
     sample: int = 500  # prompts rendered to measure input tokens
-    overshoot_ticks: int = 5 * 10**10  # billing lags at high concurrency: $5 of allowance
+    # USD allowed past the balance: billing lags, so requests in flight when the credit runs
+    # out are billed past it. None: the planned concurrency at the worst case per unit.
+    overshoot_ticks: int | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # what go may have in flight, planned
     attested_balance_ticks: int | None = None  # --balance, when there is no management key
     max_age_days: int = 7
     concurrency: int = 10  # the canary's
@@ -94,7 +99,7 @@ class Preflight:
             if not await self._model_and_prices(xai):
                 return self._failed()
             balance = await self._balance(xai)
-            if not self._step(self._balance_step(cap_ticks, balance, margin=1)):
+            if not self._step(self._balance_step(cap_ticks, balance, None, margin=1)):
                 return self._failed()
             return Outcome(self.steps)
         finally:
@@ -109,7 +114,8 @@ class Preflight:
         if estimate.remaining == 0:
             return Outcome(self.steps, estimate)
         balance = await self._balance(xai)
-        if not self._step(self._balance_step(estimate.total_ticks, balance)):
+        step = self._balance_step(estimate.total_ticks, balance, estimate)
+        if not self._step(step):
             return self._failed(estimate)
         assert self._canary is not None and balance.ticks is not None
         figures = await self._canary(self.options.canary, estimate.unit_ticks)
@@ -118,7 +124,8 @@ class Preflight:
             code = figures.exit_code if figures.exit_code != ExitCode.OK else ExitCode.USAGE
             return self._failed(estimate, code)
         again = Balance(balance.ticks, balance.source, [])
-        if not self._step(self._balance_step(revised.total_ticks, again, again=True)):
+        step = self._balance_step(revised.total_ticks, again, revised, again=True)
+        if not self._step(step):
             return self._failed(revised)
         receipt = self._receipt(revised, price, balance, figures)
         await self._record(store, receipt)
@@ -187,17 +194,35 @@ class Preflight:
         return Balance(ticks, "management-api", warnings)
 
     def _balance_step(
-        self, total: int, balance: Balance, *, again: bool = False, margin: Decimal | int = MARGIN
+        self,
+        total: int,
+        balance: Balance,
+        estimate: estimates.Estimate | None,
+        *,
+        again: bool = False,
+        margin: Decimal | int = MARGIN,
     ) -> Step:
         return steps.balance_step(
             total,
             balance.ticks,
             balance.source,
             balance.warnings,
-            self.options.overshoot_ticks,
+            self._overshoot(estimate),
             again=again,
             margin=margin,
         )
+
+    def _overshoot(self, estimate: estimates.Estimate | None) -> Overshoot:
+        """What may be billed past the balance: every request in flight when the credit runs
+        out (as many as go may have, or units left), at the worst case per unit (twice its
+        estimate, as the spend cap counts it)."""
+        if self.options.overshoot_ticks is not None:
+            return Overshoot(self.options.overshoot_ticks)
+        if estimate is None:  # retry: its cap bounds what is in flight
+            return Overshoot(RETRY_OVERSHOOT_TICKS)
+        in_flight = max(1, min(self.options.max_concurrency, estimate.remaining))
+        worst = 2 * estimate.unit_ticks
+        return Overshoot(in_flight * worst, in_flight, worst)
 
     def _re_estimate(
         self,
@@ -256,6 +281,7 @@ class Preflight:
                 "output_tokens_per_unit": round(canary.output_tokens),
             },
             checks={f"{s.number} {s.title}": verdict(s) for s in self.steps},
+            max_concurrency=self.options.max_concurrency,
         )
 
     async def _record(self, store: SqlUnitStore, receipt: Receipt) -> None:

@@ -38,6 +38,9 @@ class Receipt:
     balance_source: str  # management-api | attested
     canary: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, str] = field(default_factory=dict)  # step -> PASS/FAIL summary
+    # In flight at most, as planned: the balance's overshoot allowance was sized for it, and go
+    # keeps to it. None in receipts written before it was recorded.
+    max_concurrency: int | None = None
     format: int = FORMAT
 
     def to_json(self) -> dict[str, Any]:

@@ -102,22 +102,34 @@ def estimate_step(estimate: estimates.Estimate, price: ModelPrice) -> Step:
     return Step(3, "estimate", True, {"estimate": estimate, "price": price})
 
 
+@dataclass(frozen=True)
+class Overshoot:
+    """The allowance past the balance: given (`--overshoot`), or so many units in flight at
+    their worst case."""
+
+    ticks: int
+    in_flight: int | None = None
+    worst_unit_ticks: int | None = None
+
+
 def balance_step(
     total: int,
     balance: int | None,
     source: str,
     warnings: list[Finding],
-    overshoot_ticks: int,
+    overshoot: Overshoot,
     *,
     again: bool = False,
     margin: Decimal | int = MARGIN,
 ) -> Step:
-    need = math.ceil(total * margin) + overshoot_ticks
+    need = math.ceil(total * margin) + overshoot.ticks
     figures = {
         "total": total,
         "margin": margin,
         "need": need,
-        "overshoot": overshoot_ticks,
+        "overshoot": overshoot.ticks,
+        "overshoot_in_flight": overshoot.in_flight,
+        "overshoot_unit": overshoot.worst_unit_ticks,
         "balance": balance,
         "source": source,
     }

@@ -4,6 +4,7 @@ what the spend cap allows; takes back a lost claim's units; renews the run's lea
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from knrun.errors import ExitCode, KnrunError, StoreError
 from knrun.run.config import RunConfig
@@ -26,8 +27,11 @@ class Claimer:
         ledger: Ledger,
         owner: str,
         lease_s: float,
+        page_size: Callable[[], int] | None = None,
     ) -> None:
         self.store, self.config, self.state = store, config, state
+        # Units per claim: about what the engine may have in flight now (the pacing's limit).
+        self.page_size = page_size or (lambda: config.concurrency)
         self.control, self.emit, self.ledger = control, control.emit, ledger
         self.owner, self.lease_s = owner, lease_s
         # Unbounded as a container; the claimer keeps it between half and one-and-a-half pages,
@@ -96,7 +100,7 @@ class Claimer:
 
     async def _room_for_a_page(self) -> bool:
         """Wait until the queue falls to half a page; False once the run is stopping."""
-        low_water = self.config.concurrency // 2
+        low_water = self.page_size() // 2
         while self.queue.qsize() > low_water and not self.control.stopping:
             self._room.clear()
             await self._room.wait()
@@ -129,7 +133,7 @@ class Claimer:
             await self.control.pause(0.05)
         self._lost_claims = 0
         try:
-            page = await self._claim(self.config.concurrency, None, own=True)
+            page = await self._claim(max(self.page_size(), 1), None, own=True)
         except StoreError as exc:
             self._lost_claims += 1  # the next end of the table tries again
             self.emit(Event("store_error", f"taking back a lost claim's units: {exc}"))
@@ -142,7 +146,7 @@ class Claimer:
 
     def _claim_size(self) -> int | None:
         """Units to claim now: 0 to wait, None when no more may be claimed at all."""
-        want = self.config.concurrency
+        want = max(self.page_size(), 1)
         if self.config.max_units is not None:
             left = self.config.max_units - self.claimed
             if left <= 0:

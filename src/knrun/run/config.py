@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-from knrun.errors import ExitCode
+from knrun.errors import ConfigError, ExitCode
 from knrun.run.events import RunState
 from knrun.run.guards import BALANCE_SLACK_TICKS
+
+AUTO = "auto"
+DEFAULT_MAX_CONCURRENCY = 1000  # in flight at most under `--concurrency auto`
+MAX_CONCURRENCY = 10_000
+
+
+def concurrency_fields(concurrency: int | None, max_concurrency: int) -> tuple[int, int | None]:
+    """RunConfig's `concurrency` and `max_concurrency` from `--concurrency auto|N` (None: auto)
+    and `--max-concurrency`: auto lets the pacing choose up to the maximum; N holds N."""
+    if concurrency is None:
+        return max_concurrency, max_concurrency
+    return min(concurrency, max_concurrency), None
+
+
+def sim_time_scale() -> float:
+    """`KNRUN_SIM_TIME_SCALE`: set by `knrun demo`, the tests and the benchmarks, which run
+    against a time-scaled simulator, so that pacing keeps the simulator's time. Never set for
+    real use (so it is not in .env.example)."""
+    raw = os.environ.get("KNRUN_SIM_TIME_SCALE", "").strip()
+    if not raw:
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 1:
+        raise ConfigError(f"KNRUN_SIM_TIME_SCALE must be a number in (0, 1], not {raw!r}")
+    return scale
 
 
 @dataclass
 class RunConfig:
-    concurrency: int = 50
+    concurrency: int = 50  # units in flight at most (`--concurrency N`)
+    # `--concurrency auto`: the pacing finds the account's limit, with up to this many in
+    # flight; None: `concurrency` is the cap.
+    max_concurrency: int | None = None
     lease_s: float = 900.0  # a claimed unit comes back to the pool if not written within this
     max_429_rounds: int = 10  # bursts of 429s in a row with no success between: a storm
     max_consecutive_outage: int = 10  # units in a row lost to 5xx/timeouts/network: xAI is down
@@ -31,8 +63,6 @@ class RunConfig:
     # requests xAI accepted (and bills) would be thrown away. None: the job's timeout + 30 s.
     grace_s: float | None = None
     write_grace_s: float = 60.0  # how long the write backlog may drain after the workers end
-    cooldown_base_s: float = 2.0
-    cooldown_max_s: float = 60.0
     store_retry_base_s: float = 1.0
     store_retry_max_s: float = 60.0
     record_every_s: float = 15.0
@@ -42,6 +72,14 @@ class RunConfig:
     # every failed unit.
     retry_reasons: tuple[str, ...] | None = None
     max_units: int | None = None
+    # Against the simulator only: one of its seconds lasts this many real ones, and pacing
+    # keeps time in its seconds (`knrun demo`, tests, benchmarks).
+    time_scale: float = field(default_factory=lambda: sim_time_scale())
+
+    @property
+    def workers(self) -> int:
+        """Worker tasks: each holds at most one unit, so this bounds units in flight."""
+        return self.max_concurrency or self.concurrency
 
 
 @dataclass

@@ -27,9 +27,8 @@ from knrun.run.config import RunConfig, RunResult
 from knrun.run.control import Control
 from knrun.run.engine import LiveEngine
 from knrun.run.events import Event, EventSink, RunState, discard
-from knrun.run.guards import CircuitBreaker, Cooldown
 from knrun.run.ledger import BalanceReader, Ledger, OthersReader
-from knrun.run.pacing import SharedPause
+from knrun.run.pacing import AdaptivePacing
 from knrun.run.writer import Writer
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
@@ -37,6 +36,9 @@ from knrun.store.types import UnitFailure
 from knrun.xai import XaiClient
 
 __all__ = ["BalanceReader", "OthersReader", "RunConfig", "RunResult", "Runner"]
+
+MAX_PAGE = 200  # units per claim at most
+PROMPT_GUESS_TOKENS = 1_000
 
 
 class Runner:
@@ -62,7 +64,7 @@ class Runner:
         self.state = RunState(
             run_id=run_id,
             total=total,
-            concurrency=config.concurrency,
+            concurrency=config.workers,
             cap_ticks=config.cap_ticks,
             estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
         )
@@ -80,6 +82,7 @@ class Runner:
             balance=balance,
             others=others,
         )
+        self.pacing = self._pacing(job, price)
         self.claimer = Claimer(
             store=store,
             config=config,
@@ -88,6 +91,8 @@ class Runner:
             ledger=self.ledger,
             owner=owner,
             lease_s=lease_s,
+            # A page is about what may be in flight now; big pages hold leases long for nothing.
+            page_size=lambda: min(self.pacing.limit(), MAX_PAGE),
         )
         self.writer = Writer(
             store=store,
@@ -100,6 +105,21 @@ class Runner:
         )
         self.engine = self._live_engine(job, price, xai, lease_s, clock)
 
+    def _pacing(self, job: JobSpec, price: ModelPrice) -> AdaptivePacing:
+        config = self.config
+        output = config.output_tokens_estimate or job.estimate.output_tokens
+        # Tokens per request until replies say (the prompt is a guess; output dominates).
+        return AdaptivePacing(
+            max_concurrency=config.workers,
+            # A fixed `--concurrency N` is the old pool: N in flight, paced only by 429s.
+            adaptive_concurrency=config.max_concurrency is not None,
+            max_rounds=config.max_429_rounds,
+            tokens_per_request=PROMPT_GUESS_TOKENS + output,
+            state=self.state,
+            emit=self.emit,
+            time_scale=config.time_scale,
+        )
+
     def _live_engine(
         self,
         job: JobSpec,
@@ -108,18 +128,15 @@ class Runner:
         lease_s: float,
         clock: Callable[[], float],
     ) -> LiveEngine:
-        config = self.config
-        self.breaker = CircuitBreaker(config.max_429_rounds)
-        cooldown = Cooldown(clock, base_s=config.cooldown_base_s, max_s=config.cooldown_max_s)
         return LiveEngine(
             job=job,
             price=price,
             xai=xai,
-            config=config,
+            config=self.config,
             state=self.state,
             control=self.control,
             ledger=self.ledger,
-            pacing=SharedPause(self.breaker, cooldown, self.state, self.emit, clock),
+            pacing=self.pacing,
             record=self.record,
             run_id=self.run_id,
             owner=self.owner,
@@ -160,7 +177,7 @@ class Runner:
         )
         await self.ledger.start()
         writer = asyncio.create_task(self.writer.run())
-        claimer = asyncio.create_task(self.claimer.run(self.config.concurrency))
+        claimer = asyncio.create_task(self.claimer.run(self.config.workers))
         heartbeat = asyncio.create_task(self.claimer.heartbeat())
         self.control.workers = self.engine.start(self.claimer)
         try:

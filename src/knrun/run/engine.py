@@ -69,40 +69,53 @@ class LiveEngine:
         self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
 
     def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
-        return [
-            asyncio.create_task(self._worker(claimer, i)) for i in range(self.config.concurrency)
-        ]
+        """One task per unit that may be in flight; the pacing decides how many are."""
+        self.control.on_stop(self.pacing.wake_all)
+        return [asyncio.create_task(self._worker(claimer, i)) for i in range(self.config.workers)]
 
     async def _worker(self, claimer: Claimer, index: int) -> None:
         conv_id = f"knrun-{self.job.name}-{self.job.prompt_hash}-{index}"
-        while (unit := await claimer.take()) is not None:
-            if self.control.stopping:
-                continue  # left leased; released when the run ends
-            self.state.in_flight += 1
+        while True:
+            await self.pacing.acquire()
             try:
-                await self._process(unit, conv_id, index)
-            except Exception as exc:  # a bug: stop the whole run now, not after the others
-                self.control.request_stop(
-                    f"internal error: {type(exc).__name__}: {exc}", ExitCode.FAILURE
-                )
-                raise
+                if self.control.stopping or (unit := await claimer.take()) is None:
+                    return  # queued units stay leased to this run: released when it ends
+                if self.control.stopping:
+                    return
+                await self._unit(unit, conv_id, index)
             finally:
-                self.state.in_flight -= 1
+                self.pacing.release()
+
+    async def _unit(self, unit: Unit, conv_id: str, lane: int) -> None:
+        state = self.state
+        state.in_flight += 1
+        state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+        try:
+            await self._process(unit, conv_id, lane)
+        except Exception as exc:  # a bug: stop the whole run now, not after the others
+            self.control.request_stop(
+                f"internal error: {type(exc).__name__}: {exc}", ExitCode.FAILURE
+            )
+            raise
+        finally:
+            state.in_flight -= 1
 
     async def _process(self, unit: Unit, conv_id: str, lane: int) -> None:
-        """One unit: requests until one is answered (rate limits are waited out), or the unit
-        fails, or its lease budget is spent, or the run stops."""
+        """One unit: requests until one is answered (a 429 waits its own backoff and goes
+        again), or the unit fails, or its lease budget is spent, or the run stops."""
         messages = self.job.render(unit.inputs)
         deadline = self._clock() + self.unit_budget_s
+        tokens = self.ledger.tokens_per_request(messages)
+        tries, retry_after = 0, None
         while True:
-            await self.pacing.before_request()
+            sent_at = await self.pacing.before_send(tries, tokens, retry_after)
             if self.control.stopping:
-                self.pacing.after_request()
+                self.pacing.on_ended(sent_at)
                 return
             left = deadline - self._clock()
             if left < min(MIN_REQUEST_S, self.job.timeout_s):
                 # Rate limits have held it too long: a request now could outlive the lease.
-                self.pacing.after_request()
+                self.pacing.on_ended(sent_at)
                 self.state.given_back += 1
                 self.emit(Event("given_back", f"unit {unit.id}: its lease budget is spent"))
                 return  # left leased to this run: released when the run ends
@@ -110,20 +123,20 @@ class LiveEngine:
             attempt = judge.Attempt(
                 self.run_id, self.owner, f"{self.run_id}:{self._attempts}", self.job.request_hash
             )
-            sent_at = self._clock()
             try:
                 reply = await self._chat(messages, conv_id, lane, min(self.job.timeout_s, left))
             except RateLimited as exc:
-                if storm := self.pacing.on_rate_limited(exc, sent_at):
+                tries, retry_after = tries + 1, exc.retry_after
+                if storm := self.pacing.on_refused(exc, sent_at):
                     self.control.request_stop(storm, ExitCode.BREAKER)
                 continue
             except Exception as exc:
                 await self._failed(unit, messages, exc, attempt)
                 return
             finally:
-                self.pacing.after_request()
+                self.pacing.on_ended(sent_at)
             break
-        self.pacing.on_success(reply, self._clock() - sent_at)
+        self.pacing.on_reply(reply, sent_at)
         self._outage_streak = 0
         await self.record(judge.judge(reply, unit, self.job, self.price, attempt))
 

@@ -39,7 +39,7 @@ class RunState:
 
     run_id: str
     total: int  # eligible units when the run started
-    concurrency: int
+    concurrency: int  # units allowed in flight now (the pacing's limit)
     estimate_ticks: int | None = None  # for the whole remaining corpus, from the receipt
     cap_ticks: int | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -50,8 +50,12 @@ class RunState:
     replies: int = 0  # units that got a reply (and so token counts)
     input_tokens: int = 0  # summed over replies
     output_tokens: int = 0
+    sent: int = 0  # requests sent
     rate_limited: int = 0  # 429s seen
     rate_limit_rounds: int = 0  # bursts of them (what the breaker counts)
+    rate_rps: float = 0.0  # the pacing's send rate now
+    rate_limit: str = "not known yet"  # the account's limits as the pacing knows them
+    peak_in_flight: int = 0
     in_flight: int = 0
     queued: int = 0
     write_backlog: int = 0  # paid results not yet in the store
@@ -59,8 +63,11 @@ class RunState:
     store_errors: int = 0
     given_back: int = 0  # units whose lease budget ran out before they could be sent
     runners: int = 1  # live runs sharing the store's request budget, this one included
-    cooling_down: bool = False
     stopping: str | None = None  # why the run is winding down
+
+    @property
+    def share_429(self) -> float:
+        return self.rate_limited / self.sent if self.sent else 0.0
 
     @property
     def processed(self) -> int:

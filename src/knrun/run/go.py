@@ -9,13 +9,14 @@ from knrun.context import STATE_DIR, Context
 from knrun.errors import ExitCode, RunStopped
 from knrun.preflight.receipt import Receipt, describe, load_valid_receipt
 from knrun.pricing import ModelPrice
-from knrun.run.config import RunConfig
+from knrun.run.config import DEFAULT_MAX_CONCURRENCY, RunConfig, concurrency_fields
 from knrun.run.guards import BALANCE_SLACK_TICKS
 
 
 @dataclass(frozen=True)
 class GoOptions:
-    concurrency: int = 50
+    concurrency: int | None = None  # None: auto (the pacing finds the account's limit)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_spend_ticks: int | None = None  # None: what the receipt approved, less earlier runs
     max_429_rounds: int = 10
     lease_minutes: float = 15.0
@@ -33,8 +34,14 @@ async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunC
             ExitCode.SPEND_CAP,
         )
     canary_output = receipt.canary.get("output_tokens_per_unit")
+    # Preflight's overshoot allowance was sized for this many in flight: go stays within it.
+    planned = receipt.max_concurrency or options.max_concurrency
+    concurrency, max_concurrency = concurrency_fields(
+        options.concurrency, min(options.max_concurrency, planned)
+    )
     return RunConfig(
-        concurrency=options.concurrency,
+        concurrency=concurrency,
+        max_concurrency=max_concurrency,
         max_429_rounds=options.max_429_rounds,
         lease_s=options.lease_minutes * 60,
         cap_ticks=cap,

@@ -1,12 +1,10 @@
-"""The guards that stop a run before money is wasted: circuit breaker, shared cooldown, spend cap,
-failure rate and drift monitor. Pure logic over injected clocks and sleeps, so each is tested on
+"""The guards that stop a run before money is wasted: circuit breaker, spend cap, failure
+rate and drift monitor. Pure logic over injected clocks and sleeps, so each is tested on
 its own. Money comes in as `Money` (every request billed, unbilled or possibly billed)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,18 +26,24 @@ class CircuitBreaker:
     """Trips on credit exhaustion at once, or after `max_rounds` rate-limit rounds in a row (a
     success in between resets the count). A round is one burst: every 429 for a request sent
     before the round began belongs to it, so fifty requests in flight answered 429 together are
-    one round, not fifty. Once tripped it stays tripped."""
+    one round, not fifty; and a round lasts at least `min_round_s`, doubling with each round in
+    a row up to `max_round_s`, so requests backing off each on its own time do not each open
+    one, and ten rounds are minutes of nothing accepted, as the backoffs are. Once tripped it
+    stays tripped."""
 
-    def __init__(self, max_rounds: int = 10) -> None:
-        self.max_rounds = max_rounds
+    def __init__(
+        self, max_rounds: int = 10, min_round_s: float = 0.0, max_round_s: float = 30.0
+    ) -> None:
+        self.max_rounds, self.min_round_s, self.max_round_s = max_rounds, min_round_s, max_round_s
         self.rounds = 0
         self._round_began = float("-inf")
         self.tripped: str | None = None
 
     def record_rate_limited(self, sent_at: float, now: float) -> bool:
         """Count a 429 for a request sent at `sent_at`; True when it opens a new round."""
-        if sent_at < self._round_began:
-            return False  # in flight when this round began: part of it
+        length = min(self.min_round_s * 2 ** max(self.rounds - 1, 0), self.max_round_s)
+        if sent_at < self._round_began or now < self._round_began + length:
+            return False  # in flight when this round began, or within it: part of it
         self.rounds += 1
         self._round_began = now
         if self.tripped is None and self.rounds >= self.max_rounds:
@@ -55,47 +59,6 @@ class CircuitBreaker:
     def trip_credit_exhausted(self, message: str) -> None:
         if self.tripped is None:
             self.tripped = f"credit exhausted: {message}"
-
-
-# -- shared cooldown ------------------------------------------------------------------------------
-
-
-class Cooldown:
-    """One pause for every worker: a 429 round seen by one worker holds them all back.
-
-    The pause honours `Retry-After` when the provider sends one; otherwise it backs off from
-    `base_s`, doubling with each round in a row up to `max_s`."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        *,
-        base_s: float = 2.0,
-        max_s: float = 60.0,
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self.base_s = base_s
-        self.max_s = max_s
-        self.until = 0.0
-
-    def trigger(self, retry_after: float | None, consecutive: int) -> float:
-        """Start or extend the pause; returns its length in seconds."""
-        if retry_after is not None:
-            seconds = min(retry_after, self.max_s)
-        else:
-            seconds = min(self.base_s * 2 ** max(consecutive - 1, 0), self.max_s)
-        self.until = max(self.until, self._clock() + seconds)
-        return seconds
-
-    @property
-    def active(self) -> bool:
-        return self._clock() < self.until
-
-    async def wait(self) -> None:
-        while (left := self.until - self._clock()) > 0:
-            await self._sleep(left)
 
 
 # -- spend cap ------------------------------------------------------------------------------------

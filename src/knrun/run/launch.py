@@ -49,7 +49,7 @@ async def launch(ctx: Context, request: Launch) -> Launched:
     lock.acquire(f"knrun {request.kind}")
     try:
         # The client first: it checks the key, and nothing is open yet if that fails.
-        xai = xai_client(ctx.settings, max_connections=request.config.concurrency)
+        xai = xai_client(ctx.settings, max_connections=request.config.workers)
         store = ctx.open_store()
         spool = Spool(STATE_DIR / "spool.sqlite")
         try:
@@ -135,7 +135,9 @@ def _new_record(ctx: Context, request: Launch, run_id: str, owner: str, total: i
                 "cached_input": str(price.cached_input),
                 "output": str(price.output),
             },
-            "concurrency": config.concurrency,
+            "concurrency": config.workers,
+            "max_concurrency": config.workers,
+            "concurrency_mode": "auto" if config.max_concurrency else "fixed",
             "cap_ticks": config.cap_ticks,
             "store": ctx.target.describe(),
         },
@@ -250,6 +252,15 @@ def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) ->
     record.detail["failed_by_reason"] = dict(state.failed_by_reason)
     record.detail["rate_limited"] = state.rate_limited
     record.detail["rate_limit_rounds"] = state.rate_limit_rounds
+    # What the pacing found: other runs read `concurrency` as what this one may have in flight.
+    record.detail["concurrency"] = state.concurrency
+    record.detail["pacing"] = {
+        "rate_rps": round(state.rate_rps, 2),
+        "limit": state.rate_limit,
+        "requests_sent": state.sent,
+        "share_429": round(state.share_429, 4),
+        "peak_in_flight": state.peak_in_flight,
+    }
     record.detail["money"] = vars(state.money).copy()
     if result is not None:
         record.state = "finished"
@@ -265,13 +276,16 @@ async def _keep_record(
     store: SqlUnitStore, record: RunRecord, runner: Runner, every_s: float
 ) -> None:
     """Refresh the run's row now and then (its heartbeat: `knrun status` shows live spend, and a
-    stale one tells a later start the run is dead), and share the store's request budget with
-    the other live runners."""
+    stale one tells a later start the run is dead), and share the store's request budget, and
+    the model's rate limits, with the other live runners."""
     while True:
-        await asyncio.sleep(every_s)
         _fill(record, runner)
         with contextlib.suppress(Exception):
-            runner.state.runners = len(await store.heartbeat(record)) + 1
+            others = await store.heartbeat(record)
+            runner.state.runners = len(others) + 1
+            # xAI's limits are per team and model: runs of the same model share them.
+            runner.pacing.share(1 + sum(run.model == record.model for run in others))
+        await asyncio.sleep(every_s)
 
 
 def others_reader(store: SqlUnitStore, record: RunRecord) -> OthersReader:

@@ -110,7 +110,10 @@ class Ledger:
     # -- the cap ----------------------------------------------------------------------------------
 
     def allowance(self, committed_units: int) -> int | None:
-        """Units the cap lets this run claim now (None: no cap)."""
+        """Units the cap lets this run claim now (None: no cap). Every unit committed (in
+        flight or queued) counts at its worst case, so in flight x worst case never passes the
+        cap however high the pacing takes the concurrency. (What may be billed past the
+        balance is bounded by the concurrency preflight planned for: go keeps to it.)"""
         if self.cap is None:
             return None
         return self.cap.allowance(self.money.spent_max_ticks, committed_units)
@@ -123,6 +126,11 @@ class Ledger:
             f"{format_usd(self.cap.worst_case_unit_ticks)}",
             ExitCode.SPEND_CAP,
         )
+
+    def tokens_per_request(self, messages: list[dict[str, str]]) -> int:
+        """What a request counts against the tokens-per-minute limit: its prompt and the
+        output expected (reasoning included)."""
+        return prompt_tokens(messages) + self._output_estimate()
 
     # -- what a request may cost ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from knrun.errors import RunStopped
 from knrun.preflight.checklist import Options, Preflight, Report
 from knrun.preflight.estimate import prompt_tokens
 from knrun.pricing import ModelPrice, PricingTable
-from knrun.run.config import RunConfig
+from knrun.run.config import RunConfig, concurrency_fields
 from knrun.store.schema import TRANSIENT_REASONS
 
 
@@ -20,7 +20,8 @@ class RetryOptions:
     max_units: int = 500
     cap_ticks: int = 2 * 10**10
     max_attempts: int = 3
-    concurrency: int = 10
+    concurrency: int | None = None  # None: auto
+    max_concurrency: int = 100
     attested_balance_ticks: int | None = None
     max_429_rounds: int = 10
     all_reasons: bool = False
@@ -47,8 +48,10 @@ async def retry_config(
         raise RunStopped(f"retry checks failed at {failed.title}: nothing run", outcome.exit_code)
     price = pricing.price_for(ctx.job.model)
     unit = await retry_unit_cost(ctx, price)
+    concurrency, max_concurrency = concurrency_fields(options.concurrency, options.max_concurrency)
     return price, RunConfig(
-        concurrency=options.concurrency,
+        concurrency=concurrency,
+        max_concurrency=max_concurrency,
         max_429_rounds=options.max_429_rounds,
         cap_ticks=options.cap_ticks,
         estimate_unit_ticks=unit.ticks,

@@ -31,8 +31,9 @@ SCENARIOS = {
     "prices) with the old script's price constants; preflight refuses before a cent is spent",
     "credits": "someone else on the team spends the prepaid credit mid-run: the breaker stops "
     "the run at the first 'used all available credits', no unit is failed for it",
-    "flaky": "5% rate limits, 3% server errors, 2% malformed JSON: workers pause together, "
-    "failures are recorded by reason, and `knrun retry` picks them up",
+    "flaky": "5% rate limits, 3% server errors, 2% malformed JSON: each refused request backs "
+    "off on its own while the rest keep the pace, failures are recorded by reason, and "
+    "`knrun retry` picks them up",
 }
 # Every setting the demo points somewhere: the operator's own values must not leak in.
 _ENV_KEYS = (
@@ -48,6 +49,7 @@ _ENV_KEYS = (
     "CLOUDFLARE_API_BASE_URL",
     "KNRUN_STORE",
     "KNRUN_JOB",
+    "KNRUN_SIM_TIME_SCALE",
 )
 
 Invoke = Callable[[list[str]], int]  # runs one knrun command in-process, returns its exit code
@@ -143,6 +145,7 @@ def run(plan: Plan, invoke: Invoke, say: Say) -> int:
     with serve_in_thread(simulators) as origin:
         env = simulators.env(origin)
         env["KNRUN_STORE"] = "d1" if d1 else "sqlite:knrun.sqlite"
+        env["KNRUN_SIM_TIME_SCALE"] = f"{plan.time_scale:g}"  # pacing keeps the simulator's time
         with pointed_at(env, folder):
             code = _steps(plan, invoke, say)
     say(

@@ -70,6 +70,7 @@ class XaiStats:
     latencies: list[float] = field(default_factory=list)  # simulated seconds, unscaled
     arrivals: list[float] = field(default_factory=list)  # clock time of each chat request
     answered: list[tuple[float, str]] = field(default_factory=list)  # (clock time, outcome)
+    admitted: list[float] = field(default_factory=list)  # clock time of each accepted request
 
     @property
     def paid_requests(self) -> int:
@@ -226,6 +227,7 @@ class XaiSimulator:
         self.charge(cost)
         self.stats.paid_by_prompt[prompt_key(messages)] += 1
         window.admit(usage.total)
+        self.stats.admitted.append(self._clock())
         if await self._compute(disconnected, cost):
             return self._outcome("abandoned", Response.json(499, {}))
         reply = self._reply(body, model, usage, cost, outcome, finish)

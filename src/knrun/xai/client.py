@@ -70,19 +70,23 @@ class XaiClient:
         self._secrets = [key for key in (api_key, management_key) if key is not None]
         tls = httpx.create_ssl_context()  # loaded once, shared by every lane
         timeout = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
-        one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        self._lanes = [
-            httpx.AsyncClient(
+        auth = {"Authorization": f"Bearer {api_key.get_secret_value()}"}
+
+        def new_lane() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
                 base_url=base_url.rstrip("/"),
                 transport=transport,
-                limits=one_connection,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                 timeout=timeout,
                 verify=tls,
-                headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
+                headers=auth,
             )
-            for _ in range(max(1, max_connections))
-        ]
-        self._api = self._lanes[0]
+
+        # Lanes open on first use: a run allowed thousands in flight may need a few dozen.
+        self._new_lane = new_lane
+        self._lane_count = max(1, max_connections)
+        self._lanes: dict[int, httpx.AsyncClient] = {}
+        self._api = self._lane(0)
         self._management: httpx.AsyncClient | None = None
         if management_key is not None:
             self._management = httpx.AsyncClient(
@@ -101,8 +105,14 @@ class XaiClient:
     def has_management_key(self) -> bool:
         return self._management is not None
 
+    def _lane(self, index: int) -> httpx.AsyncClient:
+        index %= self._lane_count
+        if (lane := self._lanes.get(index)) is None:
+            lane = self._lanes[index] = self._new_lane()
+        return lane
+
     async def aclose(self) -> None:
-        for lane in self._lanes:
+        for lane in self._lanes.values():
             await lane.aclose()
         if self._management is not None:
             await self._management.aclose()
@@ -141,7 +151,7 @@ class XaiClient:
             body["reasoning_effort"] = reasoning_effort
         headers = {"x-grok-conv-id": conv_id} if conv_id else {}
         seconds = timeout_s or self.chat_timeout_s
-        client = self._lanes[lane % len(self._lanes)]
+        client = self._lane(lane)
         response = await self._request(
             client,
             "POST",

@@ -1,0 +1,202 @@
+"""Adaptive pacing against the simulator's rolling windows: how close to the account's limit,
+at what share of 429s, from a fast model to the seed's 79 s one.
+
+Every case runs the real Runner (auto concurrency) against the xAI simulator, time-scaled: the
+simulator's latency and windows, and the pacing's own clock, by the same factor. Figures are
+in simulated seconds.
+
+- limit-bound: a requests/s or tokens/min limit, latency 0.5 s to 79 s. Target: accepted
+  requests/s in steady state >= 0.9 of the limit, <= 5% of requests answered 429.
+- random 429s: 30% of requests refused at random (no Retry-After), no limit. Target: >= 0.5 of
+  the same run's rate without them.
+- far above demand: a 30 requests/s limit, 15,119 units at 79 s. Target: done within 1.2x of
+  the limit-bound time (units / limit + one latency).
+- two runners sharing one limit. Target: together >= 0.9 of it, <= 5% 429s.
+
+    python bench/pacing.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from _common import Measured, reset, run_scaled, table, units_db
+from knrun.sim.scenario import Faults, Scenario
+from knrun.sim.xai import XaiSimulator
+
+REAL_RPS = 100  # real requests per second the scale is chosen for: this machine keeps up
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    median_s: float
+    units: int
+    rps: float | None = None
+    tpm: int | None = None
+    random_429: float = 0.0
+    max_concurrency: int = 3000
+
+
+def simulator(case: Case, scale: float) -> XaiSimulator:
+    return XaiSimulator(
+        Scenario(
+            latency={"median_s": case.median_s, "sigma": 0.35, "time_scale": scale},
+            limits={"requests_per_s": case.rps, "tokens_per_min": case.tpm},
+            faults=Faults(rate_limited=case.random_429),
+            balance_usd=Decimal(1_000_000),
+        )
+    )
+
+
+def steady_rps(times: list[float], scale: float, low: float = 0.2, high: float = 0.8) -> float:
+    """Accepted requests per simulated second between the low and high fractions of them."""
+    ordered = sorted(times)
+    a, b = int(len(ordered) * low), int(len(ordered) * high) - 1
+    return (b - a) / ((ordered[b] - ordered[a]) / scale)
+
+
+def share_429(sim: XaiSimulator) -> float:
+    return sim.stats.outcomes["rate_limited"] / max(sim.stats.chat_requests, 1)
+
+
+async def one(db: Path, case: Case, scale: float) -> tuple[Measured, XaiSimulator]:
+    reset(db)
+    sim = simulator(case, scale)
+    measured = await run_scaled(
+        db, case.units, scale=scale, max_concurrency=case.max_concurrency, store="sqlite", xai=sim
+    )
+    assert measured.result.exit_code == 0, measured.result.reason
+    return measured, sim
+
+
+def binding_rps(case: Case, measured: Measured) -> float:
+    state = measured.result.state
+    tokens = (state.input_tokens + state.output_tokens) / max(state.replies, 1)
+    limits = [case.rps or float("inf"), (case.tpm or float("inf")) / 60 / tokens]
+    return min(limits)
+
+
+def limit_bound(folder: Path, quick: bool) -> None:
+    cases = [
+        Case("20 requests/s, 0.5 s", 0.5, 4000, rps=20),
+        Case("20 requests/s, 5 s", 5.0, 4000, rps=20),
+        Case("10 requests/s, 79 s", 79.0, 3000, rps=10),
+        Case("600k tokens/min, 5 s", 5.0, 1500, tpm=600_000),
+    ]
+    if quick:
+        cases = cases[1:2]
+    rows = []
+    for case in cases:
+        db = folder / f"limit-{case.units}.sqlite"
+        if not db.exists():
+            units_db(db, case.units)
+        scale = min(1.0, (case.rps or 10) / REAL_RPS)
+        measured, sim = asyncio.run(one(db, case, scale))
+        limit = binding_rps(case, measured)
+        achieved = steady_rps(sim.stats.admitted, scale)
+        state = measured.result.state
+        rows.append(
+            (
+                case.name,
+                f"{achieved:.2f} accepted/s of {limit:.2f} = {achieved / limit:.3f} of the limit; "
+                f"429s {share_429(sim):.1%}; peak in flight {state.peak_in_flight}; "
+                f"final pace {state.rate_rps:.1f}/s",
+            )
+        )
+    table("limit-bound (target >= 0.9 of the limit, <= 5% 429s)", rows)
+
+
+def random_429s(folder: Path, quick: bool) -> None:
+    units = 1000 if quick else 2000
+    db = folder / f"noise-{units}.sqlite"
+    units_db(db, units)
+    rows = {}
+    for share in (0.0, 0.3):
+        case = Case(f"{share:.0%}", 5.0, units, random_429=share, max_concurrency=100)
+        measured, _ = asyncio.run(one(db, case, 20 / REAL_RPS))
+        rows[share] = measured.units / (measured.wall_s / (20 / REAL_RPS))
+    table(
+        "30% random 429s, no Retry-After, 100 in flight at most (target >= 0.5)",
+        [
+            ("without", f"{rows[0.0]:.2f} units/s"),
+            ("with 30%", f"{rows[0.3]:.2f} units/s = {rows[0.3] / rows[0.0]:.2f} of it"),
+        ],
+    )
+
+
+def far_above(folder: Path, quick: bool) -> None:
+    units = 3000 if quick else 15_119
+    case = Case("far above", 79.0, units, rps=30)
+    db = folder / f"far-{units}.sqlite"
+    units_db(db, units)
+    scale = 30 / REAL_RPS
+    measured, sim = asyncio.run(one(db, case, scale))
+    state = measured.result.state
+    took = measured.wall_s / scale
+    bound = units / 30 + 79.0
+    table(
+        f"{units:,} units, 79 s latency, a 30 requests/s limit (target within 1.2x)",
+        [
+            ("took", f"{took:.0f} s simulated; limit-bound {bound:.0f} s: {took / bound:.2f}x"),
+            ("in flight", f"peak {state.peak_in_flight}; 429s {share_429(sim):.1%}"),
+        ],
+    )
+
+
+def two_runners(folder: Path, quick: bool) -> None:
+    units = 1500 if quick else 3000
+    db = folder / f"two-{units}.sqlite"
+    units_db(db, units)
+    scale = 20 / REAL_RPS
+    sim = simulator(Case("two", 5.0, units, rps=20), scale)
+
+    async def both() -> list[Measured]:
+        runs = (
+            run_scaled(
+                db,
+                units,
+                scale=scale,
+                max_concurrency=1000,
+                store="sqlite",
+                xai=sim,
+                runners=2,
+                run_id=f"r{i}",
+            )
+            for i in (1, 2)
+        )
+        return list(await asyncio.gather(*runs))
+
+    first, second = asyncio.run(both())
+    achieved = steady_rps(sim.stats.admitted, scale)
+    table(
+        "two runners, one 20 requests/s limit (target together >= 0.9 of it, <= 5% 429s)",
+        [
+            ("together", f"{achieved:.2f} accepted/s = {achieved / 20:.3f} of the limit"),
+            ("429s", f"{share_429(sim):.1%}"),
+            ("units", f"{first.units} + {second.units} = {first.units + second.units}"),
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller cases, for a smoke run")
+    parser.add_argument(
+        "--only", choices=["limit", "noise", "far", "two"], help="one group of cases"
+    )
+    args = parser.parse_args()
+    groups = {"limit": limit_bound, "noise": random_429s, "far": far_above, "two": two_runners}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, group in groups.items():
+            if args.only in (None, name):
+                group(Path(tmp), args.quick)
+
+
+if __name__ == "__main__":
+    main()

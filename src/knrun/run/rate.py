@@ -1,0 +1,321 @@
+"""The send-rate rules of adaptive pacing, as arithmetic on an injected clock (nothing waits here).
+
+xAI limits each model's requests per second and tokens per minute, and it refuses a request over
+a limit with an immediate 429, long before a slow reply would come back. So the rate of sending
+is what gets steered. Every `tick_s` (longer, until it has `MIN_TICK_SENDS` sends) the tick that
+ended is judged:
+
+- **Grow** while nothing is refused: x1.5 a tick at the start, x1.1 later (after a hold).
+- **Saturated**: a tick sent faster, but got no more requests accepted than the best recent
+  tick, and fewer than random 429s would explain. Sending more only buys 429s, so the rate drops
+  to 95% of what was accepted. That finds a limit even when the 429s say nothing.
+- **Noise**: 429s while sending faster still got proportionally more accepted are not a limit
+  being hit. The rate keeps growing, and only the refused requests wait.
+- **Known limits** cap the rate at 95% of their share (`runners` live runs share the account's
+  limits): requests per second, and tokens per minute at 90%, divided by tokens per request.
+  The `x-ratelimit-limit-*` headers of replies are facts. A 429's "(actual/limit)" text is a
+  claim, believed only while this run's own sending was near it. If 429s keep coming under a
+  believed claim, it is dropped: the 429s were about something else.
+- **The provider's windows, mirrored**: once a limit is known, a request goes only when this
+  run's own accepted sends in that limit's rolling window (1 s, or 60 s for tokens) leave room
+  for it (`wait_s`), so a minute's token budget is not spent in its first seconds.
+- **Steady but refused**: 429s (over 5%) at a rate that did not grow are either a limit that
+  moved (another runner started) or noise. Going up tells which: the saturation rule catches
+  the first, and the second gets its throughput back.
+- **Nearly full**: a reply whose `x-ratelimit-remaining-*` is under 5% of its limit takes 10%
+  off the rate for the tick.
+- The rate never drops below `min_rps`, and never grows faster than demand: a tick that sent
+  under 70% of what the rate allowed (the concurrency cap or the ledger bound it) is not judged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from knrun.xai import LimitClaim, RateHeaders
+
+START_RPS = 4.0
+MIN_RPS = 0.2
+GROWTH_START, GROWTH_STEADY = 1.5, 1.1
+REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.90  # of a known limit: headroom for jitter in the windows
+NEAR = 0.8  # a claim is believable when this run sent at least this share of it
+HOLD_TICKS = 8  # ticks at a found limit before probing above it again
+DISTRUST_TICKS = 3  # ticks of >10% refused under a believed claim before it is dropped
+
+
+MIN_TICK_SENDS = 20  # a tick lasts until it has this many sends (or MAX_TICK_S): fewer is noise
+MAX_TICK_S = 10.0
+HISTORY_TICKS = 6
+
+
+@dataclass
+class Tick:
+    start: float
+    rate: float  # the rate in force during the tick
+    sent: int = 0
+    refused: int = 0
+    length: float = 1.0  # seconds, once the tick is over
+
+    @property
+    def accepted(self) -> int:
+        return self.sent - self.refused
+
+    @property
+    def accepted_rate(self) -> float:
+        return self.accepted / self.length
+
+    @property
+    def sent_rate(self) -> float:
+        return self.sent / self.length
+
+    @property
+    def share(self) -> float:
+        return self.refused / self.sent if self.sent else 0.0
+
+
+@dataclass
+class Limit:
+    per_s: float  # requests per second, or tokens per second
+    source: str  # header | claim
+
+
+class RollingSum:
+    """Amounts added in the last `window_s` seconds, as a provider's rolling window counts
+    them. A refusal comes back within milliseconds, so its negative entry is nearly in order."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self.window_s, self._clock = window_s, clock
+        self._entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, at: float, amount: int) -> None:
+        self._expire()
+        self._entries.append((at, amount))
+        self.total += amount
+
+    def _expire(self) -> None:
+        horizon = self._clock() - self.window_s
+        while self._entries and self._entries[0][0] <= horizon:
+            self.total -= self._entries.popleft()[1]
+
+    def wait_for(self, need: int, allowed: float) -> float:
+        """Seconds until `need` more fits under `allowed`: the oldest entries leave first."""
+        self._expire()
+        over = self.total + need - allowed
+        if over <= 0:
+            return 0.0
+        freed, now = 0, self._clock()
+        for at, amount in self._entries:
+            freed += amount
+            if freed >= over:
+                return max(at + self.window_s - now, 1e-3)
+        return self.window_s
+
+
+def _flat(ticks: list[Tick]) -> bool:
+    """Accepted per second barely moved while sent per second grew by a third or more: the
+    slope of one on the other is under 30% of what random refusals would give."""
+    if len(ticks) < 4:
+        return False
+    xs = [tick.sent_rate for tick in ticks]
+    ys = [tick.accepted_rate for tick in ticks]
+    if max(xs) < 1.3 * min(xs):
+        return False
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    accepted_share = sum(tick.accepted for tick in ticks) / sum(tick.sent for tick in ticks)
+    return slope < 0.3 * accepted_share
+
+
+class RateController:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        tokens_per_request: float,
+        start_rps: float = START_RPS,
+        min_rps: float = MIN_RPS,
+        tick_s: float = 1.0,
+    ) -> None:
+        self._clock, self.tick_s = clock, tick_s
+        self.rate, self.min_rps = start_rps, min_rps
+        self.startup = True
+        self.runners = 1
+        self.tokens_per_request = max(tokens_per_request, 1.0)
+        self.limits: dict[str, Limit] = {}  # requests | tokens
+        self.distrusted: set[str] = set()  # kinds whose claims proved to be about something else
+        self._ticks: deque[Tick] = deque([Tick(clock(), start_rps)], maxlen=3)
+        self._history: deque[Tick] = deque(maxlen=HISTORY_TICKS)  # judged ticks, latest last
+        self._sends: deque[tuple[float, int]] = deque()  # (time, tokens): the last minute's
+        # What the provider counted of this run's sends, in its windows' lengths.
+        self.requests_1s = RollingSum(1.0, clock)
+        self.tokens_60s = RollingSum(60.0, clock)
+        self._hold = 0
+        self._refused_under_claim = 0
+
+    # -- what happened ----------------------------------------------------------------------------
+
+    def sent(self, tokens: int) -> None:
+        now = self._advance()
+        self._ticks[-1].sent += 1
+        self._sends.append((now, tokens))
+        self.requests_1s.add(now, 1)
+        self.tokens_60s.add(now, tokens)
+
+    def refused(self, sent_at: float, claim: LimitClaim | None, tokens: int = 0) -> None:
+        self._advance()
+        tick = next((t for t in reversed(self._ticks) if t.start <= sent_at), self._ticks[0])
+        tick.refused += 1
+        self.requests_1s.add(sent_at, -1)  # refused: the provider did not count it
+        self.tokens_60s.add(sent_at, -tokens)
+        if claim is not None and claim.kind not in self.distrusted and self._believable(claim):
+            per_s = claim.per_s
+            known = self.limits.get(claim.kind)
+            if known is None or known.source == "claim":
+                self.limits[claim.kind] = Limit(per_s, "claim")
+                self.rate = min(self.rate, self.cap())
+
+    def replied(self, headers: RateHeaders | None, total_tokens: int) -> None:
+        self._advance()
+        # Tokens per request from real usage, smoothed: what the token limit divides by.
+        self.tokens_per_request += 0.05 * (max(total_tokens, 1) - self.tokens_per_request)
+        if headers is None:
+            return
+        if headers.limit_requests:
+            self.limits["requests"] = Limit(float(headers.limit_requests), "header")
+        if headers.limit_tokens:
+            self.limits["tokens"] = Limit(headers.limit_tokens / 60.0, "header")
+        nearly_full = any(
+            limit and remaining is not None and remaining < 0.05 * limit
+            for limit, remaining in (
+                (headers.limit_requests, headers.remaining_requests),
+                (headers.limit_tokens, headers.remaining_tokens),
+            )
+        )
+        if nearly_full and self._ticks[-1].rate <= self.rate:
+            self.rate = max(self.min_rps, self.rate * 0.9)
+        self.rate = min(self.rate, self.cap())
+
+    # -- the rules --------------------------------------------------------------------------------
+
+    def cap(self) -> float:
+        """The highest rate the known limits allow this run."""
+        cap = math.inf
+        if (requests := self.limits.get("requests")) is not None:
+            cap = min(cap, REQUEST_SHARE * requests.per_s / self.runners)
+        if (tokens := self.limits.get("tokens")) is not None:
+            cap = min(cap, TOKEN_SHARE * tokens.per_s / self.tokens_per_request / self.runners)
+        return max(cap, self.min_rps)
+
+    def current(self) -> float:
+        """The rate now, after judging any tick that has ended."""
+        self._advance()
+        return self.rate
+
+    def _advance(self) -> float:
+        """End the tick once it is `tick_s` old and has enough sends to judge (or is
+        MAX_TICK_S old), judge it, and start the next at the rate that follows."""
+        now = self._clock()
+        tick = self._ticks[-1]
+        age = now - tick.start
+        if age >= self.tick_s and (tick.sent >= MIN_TICK_SENDS or age >= MAX_TICK_S):
+            tick.length = age
+            self._judge(tick, self._ticks[-2] if len(self._ticks) >= 2 else tick)
+            self._ticks.append(Tick(now, self.rate))
+        horizon = now - 60.0
+        while self._sends and self._sends[0][0] < horizon:
+            self._sends.popleft()
+        return now
+
+    def wait_s(self, tokens: int) -> float:
+        """How long a request of `tokens` must wait for room in the known limits' windows, as
+        this run's own accepted sends fill them (0: it may go now)."""
+        self._advance()
+        wait = 0.0
+        if (requests := self.limits.get("requests")) is not None:
+            allowed = REQUEST_SHARE * requests.per_s / self.runners  # in a 1 s window
+            wait = self.requests_1s.wait_for(1, allowed)
+        if (limit := self.limits.get("tokens")) is not None:
+            allowed = TOKEN_SHARE * limit.per_s * 60.0 / self.runners  # in a 60 s window
+            wait = max(wait, self.tokens_60s.wait_for(tokens, allowed))
+        return wait
+
+    def _judge(self, done: Tick, before: Tick) -> None:
+        if done.sent < 0.7 * done.rate * done.length:
+            return  # demand, not the rate, bound this tick
+        grew = done.rate > before.rate * 1.01
+        if grew and self._limit_found(done):
+            self._saturated(done)
+            return
+        if done.share < 0.02 or grew:
+            self._grow()
+        elif done.share > 0.10 and self._under_claim():
+            self._refused_under_claim += 1
+            if self._refused_under_claim >= DISTRUST_TICKS:
+                self._distrust_claims()
+        elif done.share > 0.05:
+            self._probe()
+        else:
+            self._refused_under_claim = 0
+        self._history.append(done)
+
+    def _limit_found(self, done: Tick) -> bool:
+        """Sending faster got no more accepted than the best of the last ticks, and fewer than
+        noise would explain: were the 429s random (as many as the slowest recent tick had,
+        below any limit), about sent x (1 - share) would have been accepted, give or take two
+        deviations. Or, when every recent tick was over the limit (it is below the rate the
+        run started at), accepted stayed flat as sent grew."""
+        history = [tick for tick in self._history if tick.sent >= MIN_TICK_SENDS // 2]
+        if not history or done.refused < 2:
+            return False
+        if done.accepted_rate >= 1.02 * max(tick.accepted_rate for tick in history):
+            return False
+        slowest = min(tick.sent_rate for tick in history)
+        below = [tick for tick in history if tick.sent_rate <= 1.05 * slowest]
+        noise = sum(tick.refused for tick in below) / sum(tick.sent for tick in below)
+        expected = done.sent * (1 - noise)
+        deviation = math.sqrt(done.sent * noise * (1 - noise)) + 1
+        return done.accepted < expected - 2 * deviation or _flat([*history, done])
+
+    def _saturated(self, done: Tick) -> None:
+        self.startup = False
+        self._hold = HOLD_TICKS
+        self._history.clear()  # ticks over the limit say nothing about the noise under it
+        self.rate = max(self.min_rps, min(self.cap(), 0.95 * done.accepted_rate))
+
+    def _grow(self) -> None:
+        if self._hold > 0:
+            self._hold -= 1
+            return
+        self.rate = min(self.cap(), self.rate * (GROWTH_START if self.startup else GROWTH_STEADY))
+
+    def _probe(self) -> None:
+        """Up once (after any hold): if it is a limit, the next tick is saturated."""
+        if self._hold > 0:
+            self._hold -= 1
+            return
+        self.rate = min(self.cap(), self.rate * GROWTH_STEADY)
+
+    def _under_claim(self) -> bool:
+        return any(
+            limit.source == "claim" and self.rate >= 0.9 * self.cap()
+            for limit in self.limits.values()
+        )
+
+    def _distrust_claims(self) -> None:
+        for kind, limit in list(self.limits.items()):
+            if limit.source == "claim":
+                del self.limits[kind]
+                self.distrusted.add(kind)
+        self._refused_under_claim = 0
+
+    def _believable(self, claim: LimitClaim) -> bool:
+        """This run sent near what the claim says the limit is, in the claim's window."""
+        horizon = self._clock() - claim.window_s
+        recent = [tokens for at, tokens in self._sends if at >= horizon]
+        ours = len(recent) if claim.kind == "requests" else sum(recent)
+        return ours >= NEAR * claim.limit / self.runners
