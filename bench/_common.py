@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -114,6 +115,7 @@ async def run_scaled(
     xai: XaiSimulator | None = None,
     runners: int = 1,
     run_id: str = "bench",
+    on_runner: Callable[[Runner], None] | None = None,
 ) -> Measured:
     """One run of the real Runner over `db` in a world scaled by `scale`: `concurrency`
     fixed, or auto up to `max_concurrency`; `runners` live runs share the account's limits."""
@@ -163,6 +165,8 @@ async def run_scaled(
         events=events,
     )
     runner.pacing.share(runners)  # what launch learns from the runs table
+    if on_runner is not None:
+        on_runner(runner)
     started, cpu = time.perf_counter(), time.process_time()
     result = await runner.run()
     wall, cpu_used = time.perf_counter() - started, time.process_time() - cpu

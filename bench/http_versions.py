@@ -6,7 +6,8 @@ fixed delay, so `--in-flight` requests are always outstanding. The client (this 
 each way of sending, and only its own CPU is measured:
 
 - `lanes`: knrun's way, one single-connection httpx client per worker (HTTP/1.1);
-- `pool`: one httpx client with a pool as big as the concurrency (HTTP/1.1), for comparison;
+- `pool`: one httpx client with a pool as big as the concurrency (HTTP/1.1), for comparison
+  (httpcore scans the whole pool on each request: slow past a hundred, so `--kinds` it out);
 - `http2`: one httpx client speaking HTTP/2 with prior knowledge (h2c), streams multiplexed.
 
 Needs `pip install 'httpx[http2]' hypercorn` (neither is a knrun dependency).
@@ -53,6 +54,7 @@ def serve(port: int, delay_s: float) -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.backlog = 4096
     config.keep_alive_timeout = 600
+    config.keep_alive_max_requests = 10**9  # hypercorn closes a connection after 1,000
     config.h2_max_concurrent_streams = 1000
     config.loglevel = "ERROR"
     asyncio.run(hypercorn_serve(app, config))  # type: ignore[arg-type]
@@ -96,8 +98,12 @@ async def drive(send: Send, in_flight: int, total: int) -> tuple[float, float, i
 async def measure(kind: str, url: str, in_flight: int, total: int) -> dict[str, float]:
     timeout = httpx.Timeout(120.0)
     if kind == "lanes":
+        # As knrun's XaiClient: one TLS context for every lane (each would load the CA bundle).
         one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        clients = [httpx.AsyncClient(limits=one, timeout=timeout) for _ in range(in_flight)]
+        tls = httpx.create_ssl_context()
+        clients = [
+            httpx.AsyncClient(limits=one, timeout=timeout, verify=tls) for _ in range(in_flight)
+        ]
     elif kind == "pool":
         limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
         clients = [httpx.AsyncClient(limits=limits, timeout=timeout)]

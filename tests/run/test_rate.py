@@ -106,8 +106,8 @@ def test_headers_are_facts_and_cap_the_rate_at_95_percent_of_the_limit(clock: Fa
 def test_a_token_limit_caps_the_rate_by_tokens_per_request(clock: FakeClock) -> None:
     rate = controller(clock)
     drive(rate, clock, 20, headers=RateHeaders(limit_tokens=6_000_000))
-    # 6M tokens/min = 100,000/s; 90% of it at 5,000 tokens a request is 18 requests/s.
-    assert rate.rate == pytest.approx(18, rel=0.01)
+    # 6M tokens/min = 100,000/s; 95% of it at 5,000 tokens a request is 19 requests/s.
+    assert rate.rate == pytest.approx(19, rel=0.01)
 
 
 def test_two_runners_share_a_known_limit(clock: FakeClock) -> None:
@@ -141,11 +141,18 @@ def test_a_claim_429s_keep_coming_under_is_dropped(clock: FakeClock) -> None:
     assert rate.rate > 0.95 * 30  # and it is no longer held under it
 
 
-def test_a_reply_saying_the_window_is_nearly_full_slows_it(clock: FakeClock) -> None:
-    rate = controller(clock)
-    rate.rate = 10.0
+def test_a_window_someone_else_fills_slows_it_and_its_own_sends_do_not(
+    clock: FakeClock,
+) -> None:
+    rate = controller(clock, start_rps=10.0)
     rate.replied(RateHeaders(limit_requests=100, remaining_requests=2), TOKENS)
-    assert rate.rate == pytest.approx(9.0)
+    assert rate.rate == pytest.approx(9.0)  # 98 used in the window, none of them this run's
+    clock.advance(2.0)
+    for _ in range(9):
+        rate.sent(TOKENS)
+    rate.rate = 9.5
+    rate.replied(RateHeaders(limit_requests=10, remaining_requests=0), TOKENS)
+    assert rate.rate == pytest.approx(9.5)  # its own nine (and one more) fill it: no cut
 
 
 def test_ticks_bound_by_demand_are_not_judged(clock: FakeClock) -> None:
@@ -159,8 +166,8 @@ def test_the_window_mirror_holds_a_request_until_its_tokens_fit(clock: FakeClock
     """A minute's token budget is not spent in its first seconds: once the limit is known, a
     request waits until this run's own sends leave the 60 s window."""
     rate = controller(clock)
-    rate.replied(RateHeaders(limit_tokens=60_000), TOKENS)  # 90%: 54,000 a minute
-    for _ in range(10):  # 50,000 tokens sent at t = 0
+    rate.replied(RateHeaders(limit_tokens=60_000), TOKENS)  # 95%: 57,000 a minute
+    for _ in range(11):  # 55,000 tokens sent at t = 0
         rate.sent(TOKENS)
     assert rate.wait_s(TOKENS) == pytest.approx(60.0, abs=1e-3)
     clock.advance(60.01)
@@ -174,3 +181,9 @@ def test_a_refused_request_frees_its_place_in_the_window(clock: FakeClock) -> No
     assert window.wait_for(1, 3) > 0
     window.add(clock.now, -1)  # one of them was answered 429: the provider did not count it
     assert window.wait_for(1, 3) == 0.0
+
+
+def test_a_storm_of_refusals_halves_the_rate_instead_of_probing(clock: FakeClock) -> None:
+    rate = controller(clock, start_rps=40.0)
+    drive(rate, clock, 3, lambda _: True)
+    assert rate.rate <= 40.0 / 4

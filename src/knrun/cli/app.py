@@ -85,6 +85,7 @@ ConcurrencyOption = Annotated[
     str,
     typer.Option(
         "--concurrency",
+        metavar="auto|N",
         help="Units in flight: 'auto' finds the account's rate limit and runs at it (up to "
         "--max-concurrency); a number holds that many.",
     ),

@@ -31,6 +31,7 @@ NOTABLE = {
     "leases_kept",
     "spool_error",
     "rate_limited",
+    "open_files",
     "stopping",
     "store_error",
     "drift_check",

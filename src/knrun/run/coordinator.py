@@ -37,7 +37,7 @@ from knrun.xai import XaiClient
 
 __all__ = ["BalanceReader", "OthersReader", "RunConfig", "RunResult", "Runner"]
 
-MAX_PAGE = 200  # units per claim at most
+MIN_PAGE, MAX_PAGE = 50, 200  # units per claim
 PROMPT_GUESS_TOKENS = 1_000
 
 
@@ -91,8 +91,9 @@ class Runner:
             ledger=self.ledger,
             owner=owner,
             lease_s=lease_s,
-            # A page is about what may be in flight now; big pages hold leases long for nothing.
-            page_size=lambda: min(self.pacing.limit(), MAX_PAGE),
+            # A page is about what may be in flight now: big pages hold leases long for nothing,
+            # small ones cost a store request each (D1 allows 3 a second).
+            page_size=lambda: max(MIN_PAGE, min(self.pacing.limit(), MAX_PAGE)),
         )
         self.writer = Writer(
             store=store,

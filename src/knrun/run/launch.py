@@ -17,6 +17,7 @@ from knrun.errors import NotAuthorised, StoreUnusable
 from knrun.pricing import ModelPrice
 from knrun.run.coordinator import BalanceReader, OthersReader, RunConfig, Runner, RunResult
 from knrun.run.events import Event, EventSink
+from knrun.run.files import fit_open_files
 from knrun.run.judge import utc_now
 from knrun.run.lock import Identity, RunLock, new_run_id, this_identity
 from knrun.spool import Spool
@@ -47,6 +48,9 @@ class Launched:
 async def launch(ctx: Context, request: Launch) -> Launched:
     lock = RunLock(STATE_DIR)
     lock.acquire(f"knrun {request.kind}")
+    request.config, note = fit_open_files(request.config)
+    if note is not None:
+        request.events(Event("open_files", note))
     try:
         # The client first: it checks the key, and nothing is open yet if that fails.
         xai = xai_client(ctx.settings, max_connections=request.config.workers)

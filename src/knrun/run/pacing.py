@@ -31,6 +31,7 @@ BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 30.0
 ROUND_S = 1.0
 ACCEPTED_AFTER_S = 2.0
 HEADROOM = 1.5  # concurrency allowed over rate x latency: latency varies
+BURST_S = 0.02  # the gate lets this much of a second's rate go at once (two requests at least)
 
 
 class Pacing(Protocol):
@@ -107,11 +108,11 @@ class AdaptivePacing:
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._gate: deque[tuple[asyncio.Future[None], int]] = deque()  # (waiter, tokens)
         self._dispatcher: asyncio.Task[None] | None = None
-        self._next_send = -math.inf
+        self._tokens, self._refilled = 1.0, self._clock()  # the gate's bucket
         self._sends: deque[float] = deque()  # send times of requests not yet over, in order
         self._ended: Counter[float] = Counter()
         self._tokens_at: dict[float, int] = {}  # of requests in flight, by send time
-        self._refusal_s = 0.0  # how long a 429 takes to come back, lately at the most
+        self._refusal_s = 0.0  # how long a 429 has taken to come back, at the most
         self._publish()
 
     # -- slots ------------------------------------------------------------------------------------
@@ -187,22 +188,32 @@ class AdaptivePacing:
         return max(retry_after, 0.0) / self.time_scale + jitter * 0.1
 
     async def _dispatch(self) -> None:
-        """Let one waiter go per interval of the current rate, in arrival order. A late wake
-        never sends a burst to catch up: the next slot counts from now."""
+        """Let waiters go at the current rate, in arrival order: a token bucket holding at most
+        `BURST_S` of the rate (two requests at least), so at hundreds a second a wake lets a few
+        go instead of one, and a late wake catches up one request, never a burst."""
         while self._gate:
             waiter, tokens = self._gate.popleft()
             if waiter.done():
                 continue
-            interval = 1.0 / self.rate.current()
-            at = max(self._clock(), self._next_send)
-            if (wait := at - self._clock()) > 0:
+            while (wait := self._take_token()) > 0:
                 await self._sleep(wait)
             while (room := self.rate.wait_s(tokens)) > 0 and not self.state.stopping:
                 await self._sleep(room)  # the provider's window is full of this run's sends
             if not waiter.done():
                 waiter.set_result(None)
-            now = self._clock()
-            self._next_send = (at if now - at < interval else now) + interval
+
+    def _take_token(self) -> float:
+        """Take one request's token (0.0), or say how long until there is one."""
+        rate, now = self.rate.current(), self._clock()
+        # Two at least: a timer that fires late must not cost its lateness (a bucket of one
+        # would drop it, and run under the rate).
+        burst = max(2.0, rate * BURST_S)
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
 
     # -- outcomes ---------------------------------------------------------------------------------
 
@@ -218,8 +229,9 @@ class AdaptivePacing:
         self.state.rate_limited += 1
         self.rate.refused(sent_at, exc.claim, self._tokens_at.get(sent_at, 0))
         now = self._clock()
-        # 429s come back fast; a request out much longer than they take was accepted.
-        self._refusal_s = max(now - sent_at, 0.95 * self._refusal_s)
+        # 429s come back fast; a request out ten times longer than the slowest of them was
+        # accepted.
+        self._refusal_s = max(now - sent_at, self._refusal_s)
         accepted_after = max(ACCEPTED_AFTER_S, 10 * self._refusal_s)
         if self._oldest_in_flight(now) <= now - accepted_after:
             self.breaker.record_success()  # something sent before is being worked on
@@ -239,6 +251,7 @@ class AdaptivePacing:
     def on_ended(self, sent_at: float) -> None:
         self._ended[sent_at] += 1
         self._tokens_at.pop(sent_at, None)
+        self._oldest_in_flight(self._clock())  # drop what has ended: memory stays flat
 
     def share(self, runners: int) -> None:
         self.rate.runners = max(1, runners)

@@ -12,7 +12,7 @@ ended is judged:
 - **Noise**: 429s while sending faster still got proportionally more accepted are not a limit
   being hit. The rate keeps growing, and only the refused requests wait.
 - **Known limits** cap the rate at 95% of their share (`runners` live runs share the account's
-  limits): requests per second, and tokens per minute at 90%, divided by tokens per request.
+  limits): requests per second, and tokens per minute divided by tokens per request.
   The `x-ratelimit-limit-*` headers of replies are facts. A 429's "(actual/limit)" text is a
   claim, believed only while this run's own sending was near it. If 429s keep coming under a
   believed claim, it is dropped: the 429s were about something else.
@@ -21,9 +21,11 @@ ended is judged:
   for it (`wait_s`), so a minute's token budget is not spent in its first seconds.
 - **Steady but refused**: 429s (over 5%) at a rate that did not grow are either a limit that
   moved (another runner started) or noise. Going up tells which: the saturation rule catches
-  the first, and the second gets its throughput back.
-- **Nearly full**: a reply whose `x-ratelimit-remaining-*` is under 5% of its limit takes 10%
-  off the rate for the tick.
+  the first, and the second gets its throughput back. Nearly all refused (90% or more) is a
+  storm: the rate halves.
+- **Nearly full**: a reply whose `x-ratelimit-remaining-*` is under 5% of its limit, when this
+  run's own sends do not explain it (someone else spends the limit), takes 10% off the rate for
+  the tick.
 - The rate never drops below `min_rps`, and never grows faster than demand: a tick that sent
   under 70% of what the rate allowed (the concurrency cap or the ledger bound it) is not judged.
 """
@@ -40,7 +42,7 @@ from knrun.xai import LimitClaim, RateHeaders
 START_RPS = 4.0
 MIN_RPS = 0.2
 GROWTH_START, GROWTH_STEADY = 1.5, 1.1
-REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.90  # of a known limit: headroom for jitter in the windows
+REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.95  # of a known limit: headroom for jitter in the windows
 NEAR = 0.8  # a claim is believable when this run sent at least this share of it
 HOLD_TICKS = 8  # ticks at a found limit before probing above it again
 DISTRUST_TICKS = 3  # ticks of >10% refused under a believed claim before it is dropped
@@ -190,15 +192,23 @@ class RateController:
         if headers.limit_tokens:
             self.limits["tokens"] = Limit(headers.limit_tokens / 60.0, "header")
         nearly_full = any(
-            limit and remaining is not None and remaining < 0.05 * limit
-            for limit, remaining in (
-                (headers.limit_requests, headers.remaining_requests),
-                (headers.limit_tokens, headers.remaining_tokens),
+            self._others_fill(limit, remaining, ours)
+            for limit, remaining, ours in (
+                (headers.limit_requests, headers.remaining_requests, self.requests_1s.total),
+                (headers.limit_tokens, headers.remaining_tokens, self.tokens_60s.total),
             )
         )
         if nearly_full and self._ticks[-1].rate <= self.rate:
             self.rate = max(self.min_rps, self.rate * 0.9)
         self.rate = min(self.rate, self.cap())
+
+    @staticmethod
+    def _others_fill(limit: int | None, remaining: int | None, ours: int) -> bool:
+        """A window under 5% from full, and not by this run's own sends alone: someone else
+        (a run this one cannot see) spends the same limit."""
+        if not limit or remaining is None or remaining >= 0.05 * limit:
+            return False
+        return limit - remaining > 1.2 * ours + 0.02 * limit
 
     # -- the rules --------------------------------------------------------------------------------
 
@@ -237,11 +247,13 @@ class RateController:
         self._advance()
         wait = 0.0
         if (requests := self.limits.get("requests")) is not None:
-            allowed = REQUEST_SHARE * requests.per_s / self.runners  # in a 1 s window
-            wait = self.requests_1s.wait_for(1, allowed)
+            # In a 1 s window, rounded: at 10 requests/s, 9.5 would mean at most 9 (the gate's
+            # spacing keeps the average at 95%).
+            per_window = math.floor(REQUEST_SHARE * requests.per_s / self.runners + 0.5)
+            wait = self.requests_1s.wait_for(1, max(per_window, 1))
         if (limit := self.limits.get("tokens")) is not None:
-            allowed = TOKEN_SHARE * limit.per_s * 60.0 / self.runners  # in a 60 s window
-            wait = max(wait, self.tokens_60s.wait_for(tokens, allowed))
+            per_minute = TOKEN_SHARE * limit.per_s * 60.0 / self.runners  # in a 60 s window
+            wait = max(wait, self.tokens_60s.wait_for(tokens, per_minute))
         return wait
 
     def _judge(self, done: Tick, before: Tick) -> None:
@@ -257,6 +269,9 @@ class RateController:
             self._refused_under_claim += 1
             if self._refused_under_claim >= DISTRUST_TICKS:
                 self._distrust_claims()
+        elif done.share >= 0.9:
+            # Next to nothing accepted: a storm, not noise. Halve; the breaker counts rounds.
+            self.rate = max(self.min_rps, self.rate * 0.5)
         elif done.share > 0.05:
             self._probe()
         else:
