@@ -257,6 +257,11 @@ class RateController:
         return wait
 
     def _judge(self, done: Tick, before: Tick) -> None:
+        if done.sent >= MIN_TICK_SENDS // 4 and done.share >= 0.9:
+            # Next to nothing accepted: a storm, not noise (and its backoffs make any tick look
+            # bound by demand). Halve; the breaker counts rounds.
+            self.rate = max(self.min_rps, self.rate * 0.5)
+            return
         if done.sent < 0.7 * done.rate * done.length:
             return  # demand, not the rate, bound this tick
         grew = done.rate > before.rate * 1.01
@@ -269,9 +274,6 @@ class RateController:
             self._refused_under_claim += 1
             if self._refused_under_claim >= DISTRUST_TICKS:
                 self._distrust_claims()
-        elif done.share >= 0.9:
-            # Next to nothing accepted: a storm, not noise. Halve; the breaker counts rounds.
-            self.rate = max(self.min_rps, self.rate * 0.5)
         elif done.share > 0.05:
             self._probe()
         else:
