@@ -187,3 +187,20 @@ def test_a_storm_of_refusals_halves_the_rate_instead_of_probing(clock: FakeClock
     rate = controller(clock, start_rps=40.0)
     drive(rate, clock, 3, lambda _: True)
     assert rate.rate <= 40.0 / 4
+
+
+def test_a_storm_whose_429s_come_back_late_in_the_tick_still_halves_the_rate(
+    clock: FakeClock,
+) -> None:
+    """Each 429 arrives 0.4 s after its request (a far region, a loaded machine): when a tick
+    ends, its last 0.4 s of sends have no answer yet, and must not be judged as accepted."""
+    rate = controller(clock, start_rps=40.0)
+    late: deque[float] = deque()  # send times whose 429 is on its way
+    end = clock.now + 4.0
+    while clock.now < end:
+        clock.now += 1.0 / rate.current()
+        while late and late[0] <= clock.now - 0.4:
+            rate.refused(late.popleft(), None, TOKENS)
+        rate.sent(TOKENS)
+        late.append(clock.now)
+    assert rate.rate <= 40.0 / 4

@@ -32,10 +32,11 @@ ended is judged:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from knrun.xai import LimitClaim, RateHeaders
 
@@ -60,6 +61,18 @@ class Tick:
     sent: int = 0
     refused: int = 0
     length: float = 1.0  # seconds, once the tick is over
+    sent_at: list[float] = field(default_factory=list)  # in order
+    refused_at: list[float] = field(default_factory=list)  # send times of the refused
+
+    def settled(self, lag_s: float) -> Tick:
+        """The tick as far as its outcomes are known when it ends: a request sent in its last
+        `lag_s` (how long a 429 takes to come back) may yet be refused, so the judged tick stops
+        before them (at half its length at most). Judging them as accepted would hide a storm
+        whenever 429s come back slowly next to the tick."""
+        cut = self.start + max(self.length - lag_s, self.length / 2)
+        sent = bisect.bisect_right(self.sent_at, cut)
+        refused = sum(1 for at in self.refused_at if at <= cut)
+        return Tick(self.start, self.rate, sent, refused, cut - self.start)
 
     @property
     def accepted(self) -> int:
@@ -158,20 +171,24 @@ class RateController:
         self.tokens_60s = RollingSum(60.0, clock)
         self._hold = 0
         self._refused_under_claim = 0
+        self.refusal_lag_s = 0.0  # how long a 429 takes to come back: the slowest, decaying
 
     # -- what happened ----------------------------------------------------------------------------
 
     def sent(self, tokens: int) -> None:
         now = self._advance()
         self._ticks[-1].sent += 1
+        self._ticks[-1].sent_at.append(now)
         self._sends.append((now, tokens))
         self.requests_1s.add(now, 1)
         self.tokens_60s.add(now, tokens)
 
     def refused(self, sent_at: float, claim: LimitClaim | None, tokens: int = 0) -> None:
-        self._advance()
+        now = self._advance()
+        self.refusal_lag_s = max(0.95 * self.refusal_lag_s, now - sent_at)
         tick = next((t for t in reversed(self._ticks) if t.start <= sent_at), self._ticks[0])
         tick.refused += 1
+        tick.refused_at.append(sent_at)
         self.requests_1s.add(sent_at, -1)  # refused: the provider did not count it
         self.tokens_60s.add(sent_at, -tokens)
         if claim is not None and claim.kind not in self.distrusted and self._believable(claim):
@@ -234,7 +251,8 @@ class RateController:
         age = now - tick.start
         if age >= self.tick_s and (tick.sent >= MIN_TICK_SENDS or age >= MAX_TICK_S):
             tick.length = age
-            self._judge(tick, self._ticks[-2] if len(self._ticks) >= 2 else tick)
+            before = self._ticks[-2] if len(self._ticks) >= 2 else tick
+            self._judge(tick.settled(self.refusal_lag_s), before)
             self._ticks.append(Tick(now, self.rate))
         horizon = now - 60.0
         while self._sends and self._sends[0][0] < horizon:
