@@ -302,6 +302,7 @@ def write_receipt(
     estimate_unit_ticks: int | None = None,
     approved_ticks: int | None = None,
     created_at: str | None = None,
+    batch: dict[str, Any] | None = None,
 ) -> Receipt:
     """A passing receipt as preflight would write it, for the job and pricing as they are now."""
     job = load_job(project / "prompts" / EXAMPLE_JOB.name)
@@ -321,6 +322,7 @@ def write_receipt(
         approved_ticks=approved_ticks or unit * 1000 * 115 // 100,
         balance_ticks=None,
         balance_source="attested",
+        batch=batch or {},
     )
     save_receipt(project / ".knrun", job, receipt)
     return receipt

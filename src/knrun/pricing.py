@@ -8,7 +8,7 @@ usage's cost is exact integer arithmetic, the same way the provider's `cost_in_u
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -145,6 +145,34 @@ class ModelPrice:
     @property
     def has_batch_prices(self) -> bool:
         return self.batch_input is not None and self.batch_output is not None
+
+    def for_batch(self) -> ModelPrice:
+        """The Batch API's prices as a price of their own, so every cost of a batch run (its
+        tracked cost, the cap's worst case, the drift check) is at the batch rate. Cached input
+        gets the batch discount of plain input. A ConfigError when pricing.toml has no batch
+        prices for the model: its batch price is not known, so it is not assumed."""
+        if self.batch_input is None or self.batch_output is None:
+            raise ConfigError(
+                f"pricing.toml: {self.model} has no batch prices (batch_input, batch_output): "
+                "the Batch API's discount varies by model and some refuse it; add them from "
+                "xAI's pricing page, or run it live"
+            )
+        ratio = self.batch_input / self.input if self.input else Decimal(1)
+        return replace(
+            self,
+            input=self.batch_input,
+            cached_input=self.cached_input * ratio,
+            output=self.batch_output,
+            # No long-context tier is published for batch prices: not modelled for batch.
+            long_context_threshold=0,
+        )
+
+    @property
+    def batch_discount(self) -> Decimal | None:
+        """The batch discount on output, as a fraction (0.20 for 20% off); None if unpriced."""
+        if self.batch_output is None or not self.output:
+            return None
+        return 1 - self.batch_output / self.output
 
     def fingerprint(self) -> str:
         """Changes when any of this model's prices change (not when only the date does)."""

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 # Importing a command module registers its commands; the order here is `knrun --help`'s.
-from knrun.cli import db, demo, init, preflight, pricing, run, spool, status  # noqa: F401
+from knrun.cli import (  # noqa: F401
+    batch,
+    db,
+    demo,
+    init,
+    preflight,
+    pricing,
+    run,
+    spool,
+    status,
+)
 from knrun.cli.app import app
 
 

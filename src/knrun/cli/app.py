@@ -41,7 +41,16 @@ spool_app = typer.Typer(
 sim_app = typer.Typer(
     help="The simulators of xAI, its Management API and D1.", no_args_is_help=True
 )
-GROUPS = ((db_app, "db"), (pricing_app, "pricing"), (spool_app, "spool"), (sim_app, "sim"))
+batch_app = typer.Typer(
+    help="Batches `go --batch` made at xAI: list them, cancel one.", no_args_is_help=True
+)
+GROUPS = (
+    (db_app, "db"),
+    (pricing_app, "pricing"),
+    (spool_app, "spool"),
+    (batch_app, "batch"),
+    (sim_app, "sim"),
+)
 for group, name in GROUPS:
     app.add_typer(group, name=name)
 

@@ -57,6 +57,14 @@ def preflight(
     max_age_days: Annotated[
         int, typer.Option(help="Fail when the model's verified_at is older than this.")
     ] = MAX_AGE_DAYS,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Also a batch canary for `go --batch`: the Batch API takes the model and "
+            "bills it at pricing.toml's batch prices (waits for its batch to finish).",
+        ),
+    ] = False,
 ) -> None:
     """The pre-run checklist: model current, prices true, estimate, balance, a real canary.
     Writes the receipt `knrun go` requires; any FAIL exits non-zero and writes none."""
@@ -73,17 +81,24 @@ def preflight(
         max_concurrency=max_concurrency,
         attested_balance_ticks=attested,
         max_age_days=max_age_days,
+        batch=batch,
     )
 
     async def canary_run(units: int, unit_ticks: int) -> CanaryFigures:
         price = table.price_for(ctx.job.model)
         return await run_canary(ctx, price, units, unit_ticks, options.concurrency)
 
+    async def batch_canary_run(units: int, unit_ticks: int) -> CanaryFigures:
+        price = table.price_for(ctx.job.model)
+        return await run_canary(ctx, price, units, unit_ticks, options.concurrency, batch=True)
+
     console.note(
         f"preflight: {ctx.job.name} v{ctx.job.version} on {ctx.job.model}, "
         f"store {ctx.target.describe()}"
     )
-    outcome = run_async(Preflight(ctx, table, options, checklist.show_step, canary_run).run())
+    outcome = run_async(
+        Preflight(ctx, table, options, checklist.show_step, canary_run, batch_canary_run).run()
+    )
     if outcome.estimate is not None and outcome.estimate.remaining:
         checklist.show_costs(outcome.estimate, ctx.job.model)
     failed = outcome.failed

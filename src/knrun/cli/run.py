@@ -20,6 +20,7 @@ from knrun.cli.app import (
 from knrun.cli.session import RunCommand, finish, run_command
 from knrun.context import load_context, load_pricing_for
 from knrun.display import checklist, console
+from knrun.errors import InputError
 from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY
 from knrun.run.go import GoOptions, go_config
 from knrun.run.retry import RetryOptions, exhausted_units, retry_config
@@ -63,6 +64,23 @@ def go(
     max_spend: MaxSpendOption = None,
     max_429_rounds: Max429Option = 10,
     lease_minutes: LeaseOption = 15,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Through xAI's Batch API: cheaper where the model has batch prices, outside "
+            "the rate limits, results within about 24 h. Re-run to collect; resumes the open "
+            "batch. Needs `knrun preflight --batch`.",
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="With --batch: end once every unit is submitted; a later `go --batch` "
+            "(from cron, say) collects the results.",
+        ),
+    ] = False,
 ) -> None:
     """Run the job: every eligible unit, resumably, under the guards. Needs a passing
     `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
@@ -74,9 +92,15 @@ def go(
         max_spend_ticks=parse_usd(max_spend, "--max-spend"),
         max_429_rounds=max_429_rounds,
         lease_minutes=lease_minutes,
+        batch=batch,
+        no_wait=no_wait,
     )
+    if no_wait and not batch:
+        raise InputError("--no-wait goes with --batch")
     config = run_async(go_config(ctx, price, options))
-    if config.workers < min(options.concurrency or max_concurrency, max_concurrency):
+    if batch:
+        price = price.for_batch()  # every cost of the run at the batch rate
+    if not batch and config.workers < min(options.concurrency or max_concurrency, max_concurrency):
         console.warn(
             f"at most {config.workers:,} units in flight: the preflight receipt's balance "
             "allowance was sized for that many (run preflight with a higher --max-concurrency)"

@@ -179,6 +179,13 @@ def _problem(finding: Finding, step_figures: dict[str, Any] | None = None) -> st
             return str(f["text"])
         case "canary_stopped":
             return f"the canary run stopped: {f['reason']}"
+        case "batch_refused":
+            return f"the Batch API refused the model: {f['reason']}; run it live"
+        case "batch_price_off":
+            return (
+                f"xAI billed the batch at {f['measured']:.1%} off, pricing.toml says "
+                f"{f['listed']:.1%}: fix batch_input and batch_output"
+            )
         case "canary_empty":
             return "no unit ran"
         case "too_few_valid":
@@ -225,7 +232,20 @@ def _warning(finding: Finding) -> str:
     return finding.code.replace("_", " ")
 
 
+def _batch_canary(step: Step) -> Words:
+    if step.problems:
+        return _plain(step)
+    canary = step.figures["canary"]
+    return Words(
+        f"{canary.valid}/{canary.units} valid through the Batch API; billed "
+        f"{format_usd(canary.billed_ticks, 6)}, tracked at batch prices "
+        f"{format_usd(canary.tracked_ticks, 6)}: {step.figures['measured']:.1%} off the live "
+        f"price (pricing.toml: {step.figures['discount']:.1%})"
+    )
+
+
 _RENDERERS: dict[str, Callable[[Step], Words]] = {
+    "batch canary": _batch_canary,
     "model current": _model_current,
     "prices true": _prices_true,
     "estimate": _estimate,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Group
 from rich.live import Live
@@ -37,6 +38,12 @@ NOTABLE = {
     "drift_check",
     "balance_unavailable",
     "run_finished",
+    "batch_created",
+    "batch_attached",
+    "batch_resumed",
+    "batch_cancelled",
+    "batch_cancel_failed",
+    "batch_add_unknown",
 }
 PLAIN_EVERY_S = 10.0
 
@@ -65,9 +72,23 @@ def money_note(state: RunState) -> str:
     return "; ".join(parts)
 
 
+def batch_figures(batch: dict[str, Any]) -> str:
+    """A batch run's counters as xAI reports them."""
+    cost = batch.get("cost_ticks")
+    return (
+        f"batch {batch['batch_id']}: {batch['requests']:,} requests, {batch['pending']:,} "
+        f"pending, {batch['success']:,} done, {batch['error']:,} errors, "
+        f"{batch['cancelled']:,} cancelled"
+        + (f", xAI's cost {format_usd(cost)}" if cost is not None else "")
+    )
+
+
 def pace(state: RunState) -> str:
     """How fast it sends and why: the pacing's rate, the limit it knows, units in flight
-    against what it allows, and the share of requests answered 429."""
+    against what it allows, and the share of requests answered 429 (for a batch run, the
+    batch's counters: the Batch API has no rate limits to pace)."""
+    if state.batch is not None:
+        return f"{batch_figures(state.batch)} · awaiting {state.in_flight:,}"
     return (
         f"pace {state.rate_rps:.1f}/s (limit {state.rate_limit}) · "
         f"in flight {state.in_flight}/{state.concurrency} · "
@@ -114,19 +135,10 @@ def panel(state: RunState) -> Panel:
         grid.add_row("unverified", f"[yellow]{note}[/]")
     reasons = ", ".join(f"{k} {v}" for k, v in state.failed_by_reason.most_common(4)) or "none"
     grid.add_row("failures", reasons)
-    grid.add_row(
-        "pace",
-        f"{state.rate_rps:.1f} requests/s · limit {state.rate_limit} · "
-        f"in flight {state.in_flight:,} of {state.concurrency:,} allowed "
-        f"(peak {state.peak_in_flight:,})",
-    )
-    refused = f"{state.share_429:.1%}"
-    refused = f"[yellow]{refused}[/]" if state.share_429 > 0.05 else refused
-    grid.add_row(
-        "429s",
-        f"{state.rate_limited:,} of {state.sent:,} requests ({refused}) in "
-        f"{state.rate_limit_rounds} rounds",
-    )
+    if state.batch is not None:
+        grid.add_row("batch", batch_figures(state.batch))
+    else:
+        _pace_rows(grid, state)
     grid.add_row(
         "pipeline",
         f"{state.queued} queued · {state.in_flight} in flight · "
@@ -188,3 +200,19 @@ def run_display(*, live: bool) -> Iterator[RunDisplay]:
         yield display
     finally:
         display.close()
+
+
+def _pace_rows(grid: Table, state: RunState) -> None:
+    grid.add_row(
+        "pace",
+        f"{state.rate_rps:.1f} requests/s · limit {state.rate_limit} · "
+        f"in flight {state.in_flight:,} of {state.concurrency:,} allowed "
+        f"(peak {state.peak_in_flight:,})",
+    )
+    refused = f"{state.share_429:.1%}"
+    refused = f"[yellow]{refused}[/]" if state.share_429 > 0.05 else refused
+    grid.add_row(
+        "429s",
+        f"{state.rate_limited:,} of {state.sent:,} requests ({refused}) in "
+        f"{state.rate_limit_rounds} rounds",
+    )

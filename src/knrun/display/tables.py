@@ -118,6 +118,15 @@ def _run_rows(report: dict[str, Any]) -> list[Row]:
                 "paid results of another job or version wait in the spool: `knrun spool`",
             )
         )
+    for batch in report.get("open_batches", []):
+        rows.append(
+            (
+                "open batch",
+                batch["batch_id"],
+                f"v{batch['version']}, left by run {batch['run_id']}: `knrun go --batch` "
+                "collects it, `knrun batch list` shows it",
+            )
+        )
     if report.get("dead_runs"):
         rows.append(
             (

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from knrun.context import STATE_DIR, Context, xai_client
-from knrun.errors import ExitCode
+from knrun.errors import ConfigError, ExitCode
 from knrun.preflight import estimate as estimates
 from knrun.preflight import steps
 from knrun.preflight.receipt import Receipt, save_receipt
@@ -44,6 +45,7 @@ class Options:
     attested_balance_ticks: int | None = None  # --balance, when there is no management key
     max_age_days: int = 7
     concurrency: int = 10  # the canary's
+    batch: bool = False  # also a batch canary, for `go --batch`
 
 
 @dataclass
@@ -73,11 +75,13 @@ class Preflight:
         options: Options,
         report: Report,
         canary: Canary | None = None,
+        batch_canary: Canary | None = None,
     ) -> None:
         self.ctx, self.pricing, self.options = ctx, pricing, options
         self.job = ctx.job
         self._report = report
         self._canary = canary
+        self._batch_canary = batch_canary
         self.steps: list[Step] = []
 
     async def run(self) -> Outcome:
@@ -127,7 +131,14 @@ class Preflight:
         step = self._balance_step(revised.total_ticks, again, revised, again=True)
         if not self._step(step):
             return self._failed(revised)
+        batch: dict[str, Any] = {}
+        if self.options.batch:
+            step = await self._batch_step(price, revised)
+            if not self._step(step):
+                return self._failed(revised, step.figures.get("exit_code", ExitCode.USAGE))
+            batch = _batch_verdict(step)
         receipt = self._receipt(revised, price, balance, figures)
+        receipt.batch = batch
         await self._record(store, receipt)
         path = save_receipt(STATE_DIR, self.job, receipt)
         figures_6 = {
@@ -135,8 +146,24 @@ class Preflight:
             "approved": receipt.approved_ticks,
             "units": revised.remaining,
         }
-        self._step(Step(6, "receipt", True, figures_6))
+        self._step(Step(7 if self.options.batch else 6, "receipt", True, figures_6))
         return Outcome(self.steps, revised, receipt)
+
+    async def _batch_step(self, price: ModelPrice, estimate: estimates.Estimate) -> Step:
+        """A few units through the Batch API, waited for: accepted, and billed as priced."""
+        try:
+            batch_price = price.for_batch()
+        except ConfigError as exc:
+            return steps.batch_canary_step(None, price, str(exc))
+        assert self._batch_canary is not None
+        unit = batch_price.estimate_ticks(
+            round(estimate.input_tokens), round(estimate.output_tokens)
+        )
+        figures = await self._batch_canary(self.options.canary, unit)
+        step = steps.batch_canary_step(figures, price, None)
+        if figures.exit_code != ExitCode.OK:
+            step.figures["exit_code"] = figures.exit_code
+        return step
 
     def _step(self, step: Step) -> bool:
         self.steps.append(step)
@@ -309,3 +336,17 @@ def verdict(step: Step) -> str:
     """A step as the receipt keeps it: its verdict and the codes of what it found."""
     codes = [f.code for f in step.problems] + [f"warning:{f.code}" for f in step.warnings]
     return ("PASS" if step.ok else "FAIL") + (f" ({', '.join(codes)})" if codes else "")
+
+
+def _batch_verdict(step: Step) -> dict[str, Any]:
+    """What `go --batch` reads from the receipt."""
+    canary: CanaryFigures = step.figures["canary"]
+    return {
+        "accepted": True,
+        "run_id": canary.run_id,
+        "units": canary.units,
+        "billed_ticks": canary.billed_ticks,
+        "tracked_ticks": canary.tracked_ticks,
+        "discount_listed": str(step.figures.get("discount")),
+        "discount_measured": str(round(step.figures.get("measured", 0), 4)),
+    }

@@ -41,6 +41,9 @@ class Receipt:
     # In flight at most, as planned: the balance's overshoot allowance was sized for it, and go
     # keeps to it. None in receipts written before it was recorded.
     max_concurrency: int | None = None
+    # The batch canary's verdict (`preflight --batch`): {"accepted", "discount", "run_id", ...}.
+    # Empty: not checked, and `go --batch` refuses to run.
+    batch: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def to_json(self) -> dict[str, Any]:

@@ -187,3 +187,41 @@ def canary_step(
             )
         )
     return Step(5, "canary", not problems, data, problems)
+
+
+def batch_canary_step(
+    figures: CanaryFigures | None, price: ModelPrice, problem: str | None
+) -> Step:
+    """The Batch API took the model and billed a few real units at pricing.toml's batch prices:
+    the discount, measured, is what the file says (it varies by model; some models are
+    refused outright). `problem`: why no batch canary could run (no batch prices)."""
+    title = "batch canary"
+    if figures is None:
+        return Step(6, title, False, {}, [Finding("not_priced", {"message": problem or ""})])
+    data: dict[str, Any] = {"canary": figures, "discount": price.batch_discount}
+    problems = []
+    if figures.exit_code != ExitCode.OK:
+        refused = "not supported for batch" in figures.reason.lower()
+        problems.append(
+            Finding("batch_refused" if refused else "canary_stopped", {"reason": figures.reason})
+        )
+    n = figures.units
+    if n == 0:
+        return Step(6, title, False, data, problems or [Finding("canary_empty")])
+    needed = math.ceil(CANARY_VALID * n)
+    if figures.valid < needed:
+        problems.append(
+            Finding("too_few_valid", {"valid": figures.valid, "n": n, "needed": needed})
+        )
+    if figures.unbilled_replies:
+        problems.append(Finding("unbilled", {"unbilled": figures.unbilled_replies, "n": n}))
+    if figures.billed_ticks and figures.tracked_ticks:
+        # Tracked is at pricing.toml's batch prices: billed / tracked says how far they are
+        # from xAI's, and with the file's discount, what xAI's discount really is.
+        listed = price.batch_discount or Decimal(0)
+        ratio = Decimal(figures.billed_ticks) / figures.tracked_ticks
+        measured = 1 - ratio * (1 - listed)
+        data |= {"measured": measured, "gap": abs(ratio - 1)}
+        if abs(ratio - 1) > CANARY_BILLING_TOLERANCE:
+            problems.append(Finding("batch_price_off", {"measured": measured, "listed": listed}))
+    return Step(6, title, not problems, data, problems)

@@ -13,9 +13,16 @@ from knrun.run.runlog import EventLog, append_history
 
 
 async def run_canary(
-    ctx: Context, price: ModelPrice, units: int, estimate_unit_ticks: int, concurrency: int
+    ctx: Context,
+    price: ModelPrice,
+    units: int,
+    estimate_unit_ticks: int,
+    concurrency: int,
+    *,
+    batch: bool = False,
 ) -> CanaryFigures:
-    """`units` real units, capped at ten times their estimate."""
+    """`units` real units, capped at ten times their estimate. `batch`: through the Batch API,
+    at its prices, waiting until its batch is done."""
     run_id = new_run_id()
     log = EventLog(STATE_DIR / "runs" / f"{run_id}.jsonl")
     config = RunConfig(
@@ -24,7 +31,11 @@ async def run_canary(
         cap_ticks=10 * units * max(estimate_unit_ticks, 1),
         estimate_unit_ticks=estimate_unit_ticks,
         drift_every=10**9,  # preflight judges the canary's figures itself
+        batch=batch,
+        batch_poll_s=10.0,
     )
+    if batch:
+        price = price.for_batch()
     try:
         launched = await launch(
             ctx, Launch(kind="canary", price=price, config=config, events=log, run_id=run_id)

@@ -72,6 +72,10 @@ class RunConfig:
     # every failed unit.
     retry_reasons: tuple[str, ...] | None = None
     max_units: int | None = None
+    # `go --batch`: the Batch API is the engine; its counters are read this often (seconds).
+    batch: bool = False
+    batch_poll_s: float = 30.0
+    batch_no_wait: bool = False  # submit everything, then leave the batch to xAI
     # Against the simulator only: one of its seconds lasts this many real ones, and pacing
     # keeps time in its seconds (`knrun demo`, tests, benchmarks).
     time_scale: float = field(default_factory=lambda: sim_time_scale())

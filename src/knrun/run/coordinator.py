@@ -22,18 +22,20 @@ from knrun.errors import ExitCode, StoreError
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice
 from knrun.run import judge
+from knrun.run.batch import BATCH_LEASE_S, BatchEngine, BatchHandle, batch_owner
 from knrun.run.claimer import Claimer
 from knrun.run.config import RunConfig, RunResult
 from knrun.run.control import Control
 from knrun.run.engine import LiveEngine
 from knrun.run.events import Event, EventSink, RunState, discard
 from knrun.run.ledger import BalanceReader, Ledger, OthersReader
-from knrun.run.pacing import AdaptivePacing
+from knrun.run.pacing import AdaptivePacing, scaled_sleep
 from knrun.run.writer import Writer
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import UnitFailure
 from knrun.xai import XaiClient
+from knrun.xai.batch import BatchApi
 
 __all__ = ["BalanceReader", "OthersReader", "RunConfig", "RunResult", "Runner"]
 
@@ -57,9 +59,12 @@ class Runner:
         events: EventSink = discard,
         balance: BalanceReader | None = None,
         others: OthersReader | None = None,
+        batch: BatchHandle | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job, self.store, self.config = job, store, config
+        # A batch run's units are leased to its batch, for as long as xAI keeps the results.
+        owner = owner if batch is None else batch_owner(batch.batch_id)
         self.run_id, self.owner, self.emit = run_id, owner, events
         self.state = RunState(
             run_id=run_id,
@@ -72,7 +77,7 @@ class Runner:
         # would bill requests whose replies nobody reads.
         self.control = Control(self.state, events, config.grace_s or job.timeout_s + 30.0)
         # A claimed unit's lease must outlast its work: at least a request timeout and more.
-        lease_s = max(config.lease_s, job.timeout_s * 1.2)
+        lease_s = max(config.lease_s, job.timeout_s * 1.2) if batch is None else BATCH_LEASE_S
         self.ledger = Ledger(
             job=job,
             price=price,
@@ -93,7 +98,11 @@ class Runner:
             lease_s=lease_s,
             # A page is about what may be in flight now: big pages hold leases long for nothing,
             # small ones cost a store request each (D1 allows 3 a second).
-            page_size=lambda: max(MIN_PAGE, min(self.pacing.limit(), MAX_PAGE)),
+            page_size=(
+                (lambda: MAX_PAGE)
+                if batch is not None
+                else (lambda: max(MIN_PAGE, min(self.pacing.limit(), MAX_PAGE)))
+            ),
         )
         self.writer = Writer(
             store=store,
@@ -104,7 +113,11 @@ class Runner:
             control=self.control,
             clock=clock,
         )
-        self.engine = self._live_engine(job, price, xai, lease_s, clock)
+        self.engine: LiveEngine | BatchEngine = (
+            self._live_engine(job, price, xai, lease_s, clock)
+            if batch is None
+            else self._batch_engine(job, price, xai, batch)
+        )
 
     def _pacing(self, job: JobSpec, price: ModelPrice) -> AdaptivePacing:
         config = self.config
@@ -144,6 +157,23 @@ class Runner:
             # A unit gets this long, from when a worker takes it, before it is given back.
             unit_budget_s=lease_s * 0.9,
             clock=clock,
+        )
+
+    def _batch_engine(
+        self, job: JobSpec, price: ModelPrice, xai: XaiClient, batch: BatchHandle
+    ) -> BatchEngine:
+        return BatchEngine(
+            job=job,
+            price=price,
+            api=BatchApi(xai),
+            handle=batch,
+            store=self.store,
+            config=self.config,
+            state=self.state,
+            control=self.control,
+            record=self.record,
+            run_id=self.run_id,
+            sleep=scaled_sleep(self.config.time_scale),
         )
 
     # -- control ----------------------------------------------------------------------------------
@@ -191,7 +221,8 @@ class Runner:
             await self.ledger.finish()
             self.writer.close()  # the writer flushes what is left, then ends
             await writer
-            await self.writer.release_leases(self.owner)
+            if not self.engine.keeps_leases():  # a batch still running keeps its units
+                await self.writer.release_leases(self.owner)
         return await self._result()
 
     async def record(self, judged: judge.Judged) -> None:

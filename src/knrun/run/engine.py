@@ -68,6 +68,10 @@ class LiveEngine:
         self._outage_streak = 0
         self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
 
+    def keeps_leases(self) -> bool:
+        """Whether the run's leases outlive it (a live run's go back when it ends)."""
+        return False
+
     def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
         """One task per unit that may be in flight; the pacing decides how many are."""
         self.control.on_stop(self.pacing.wake_all)

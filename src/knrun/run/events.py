@@ -64,6 +64,7 @@ class RunState:
     given_back: int = 0  # units whose lease budget ran out before they could be sent
     runners: int = 1  # live runs sharing the store's request budget, this one included
     stopping: str | None = None  # why the run is winding down
+    batch: dict[str, Any] | None = None  # a batch run's counters, as xAI last reported them
 
     @property
     def share_429(self) -> float:

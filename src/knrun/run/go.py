@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from knrun.context import STATE_DIR, Context
-from knrun.errors import ExitCode, RunStopped
+from knrun.errors import ExitCode, NotAuthorised, RunStopped
 from knrun.preflight.receipt import Receipt, describe, load_valid_receipt
 from knrun.pricing import ModelPrice
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY, RunConfig, concurrency_fields
@@ -20,12 +20,22 @@ class GoOptions:
     max_spend_ticks: int | None = None  # None: what the receipt approved, less earlier runs
     max_429_rounds: int = 10
     lease_minutes: float = 15.0
+    batch: bool = False  # the Batch API as the engine (`go --batch`)
+    no_wait: bool = False  # a batch run ends once everything is submitted
 
 
 async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig:
     """The run's configuration, or NotAuthorised without a valid receipt, or RunStopped (exit
     4) when the approved spend is used up."""
     receipt = load_valid_receipt(STATE_DIR, ctx.job, price)
+    if options.batch:
+        price.for_batch()  # a ConfigError when pricing.toml has no batch prices for the model
+        if not receipt.batch.get("accepted"):
+            raise NotAuthorised(
+                f"the preflight receipt has no batch canary for {ctx.job.model}: run "
+                "`knrun preflight --batch` (it checks that the Batch API takes the model and "
+                "bills it at pricing.toml's batch prices)"
+            )
     cap = options.max_spend_ticks or await approved_left(ctx, receipt)
     if cap <= 0:
         raise RunStopped(
@@ -49,6 +59,8 @@ async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunC
         output_tokens_estimate=int(canary_output) if canary_output else None,
         # The canary's charges can reach the prepaid balance during this run.
         balance_slack_ticks=int(receipt.canary.get("billed_ticks") or 0) + BALANCE_SLACK_TICKS,
+        batch=options.batch,
+        batch_no_wait=options.no_wait,
     )
 
 

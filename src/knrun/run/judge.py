@@ -23,6 +23,7 @@ BAD_RESPONSE = "bad_response"  # a 2xx knrun cannot read: billed by an unknown a
 RETRIES_EXHAUSTED = "retries_exhausted"  # never reached xAI (or fast 5xx) after every retry
 TIMEOUT = "timeout"  # sent, no reply in time: may have been billed
 DROPPED = "dropped"  # sent, then the connection failed (or a slow 5xx): may have been billed
+BATCH_ERROR = "batch_error"  # the Batch API returned an error for the request (not billed)
 
 
 def utc_now() -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.errors import NotAuthorised, StoreUnusable
 from knrun.pricing import ModelPrice
+from knrun.run.batch_runs import attach_batch
 from knrun.run.coordinator import BalanceReader, OthersReader, RunConfig, Runner, RunResult
 from knrun.run.events import Event, EventSink
 from knrun.run.files import fit_open_files
@@ -24,6 +25,7 @@ from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import RunRecord
 from knrun.xai import XaiClient, XaiError
+from knrun.xai.batch import BatchApi
 
 
 @dataclass
@@ -81,6 +83,11 @@ async def _launch(
     run_id = request.run_id or new_run_id()
     owner = identity.owner(run_id)
     record = _new_record(ctx, request, run_id, owner, total)
+    batch = None
+    if config.batch:
+        batch = await attach_batch(store, BatchApi(xai), job, run_id, request.events)
+        record.detail["batch"] = {"id": batch.batch_id, "open": True}
+    # Before any request goes out (for a batch: before any is added), so a crash leaves a trace.
     await store.record_run(record)
     runner = Runner(
         job=job,
@@ -95,6 +102,7 @@ async def _launch(
         events=request.events,
         balance=await _balance_reader(ctx, xai, request.events),
         others=others_reader(store, record),
+        batch=batch,
     )
     if request.on_runner is not None:
         request.on_runner(runner)
@@ -266,6 +274,12 @@ def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) ->
         "peak_in_flight": state.peak_in_flight,
     }
     record.detail["money"] = vars(state.money).copy()
+    if state.batch is not None:
+        record.detail["batch"] = {
+            **state.batch,
+            "id": state.batch["batch_id"],
+            "open": runner.engine.keeps_leases(),
+        }
     if result is not None:
         record.state = "finished"
         record.ended_at = utc_now()

@@ -13,6 +13,7 @@ from knrun.context import Context
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
 from knrun.run import spool_ops
+from knrun.run.batch_runs import batch_runs
 from knrun.store.types import Progress, RunRecord
 
 LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence past this = dead
@@ -125,8 +126,9 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
     """The report `knrun status` shows: the store's figures, and the local spool's."""
     async with ctx.open_store() as store:
         progress, runs, age = await store.status(max_attempts=max_attempts, fresh_s=fresh_s)
+        batches = [b for b in await batch_runs(store) if b.open]
     held = await spool_ops.counts(ctx.job.name, ctx.job.version)
-    return status_report(
+    report = status_report(
         ctx.job,
         ctx.target.describe(),
         progress,
@@ -136,3 +138,8 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
         spool=held,
         counted_s_ago=age,
     )
+    # Batches a run left open at xAI: their units stay leased to them until collected.
+    report["open_batches"] = [
+        {"batch_id": b.batch_id, "version": b.version, "run_id": b.run_id} for b in batches
+    ]
+    return report

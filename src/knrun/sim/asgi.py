@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,6 +20,7 @@ class Request:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    query: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -52,7 +54,8 @@ async def read_request(scope: Scope, receive: Receive) -> Request:
         if not message.get("more_body"):
             break
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    return Request(scope["method"], scope["path"], headers, b"".join(chunks))
+    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    return Request(scope["method"], scope["path"], headers, b"".join(chunks), query)
 
 
 async def send_response(send: Send, response: Response) -> None:

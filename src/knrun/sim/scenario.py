@@ -45,6 +45,9 @@ class SimModel(_Data):
     max_prompt_tokens: int = Field(default=256_000, gt=0)
     version: str = "1.0"
     fingerprint: str = "fp_sim0001"
+    # The Batch API's discount on this model (0.20: 20% off everything); None: the Batch API
+    # refuses the model ("Model X is not supported for batch processing.").
+    batch_discount: Decimal | None = None
 
     @field_validator(*PRICE_KINDS)
     @classmethod
@@ -94,6 +97,20 @@ class Faults(_Data):
     missing_cost: float = Field(default=0.0, ge=0, le=1)
 
 
+class BatchBehaviour(_Data):
+    """How the simulated Batch API treats requests (durations in simulated seconds, scaled by
+    `latency.time_scale`)."""
+
+    # A request is done this long after it was added, give or take half (results come early,
+    # and unordered).
+    delay_s: float = Field(default=600.0, ge=0)
+    error_rate: float = Field(default=0.0, ge=0, le=1)  # per-request errors in the results
+    add_latency_s: float = Field(default=0.2, ge=0)  # what one add-requests call takes
+    # xAI cancels the batch itself once this many of its requests are done (None: never).
+    xai_cancels_after: int | None = Field(default=None, ge=0)
+    xai_cancel_message: str = "Batch cancelled by xAI: the team's batch quota was exceeded."
+
+
 class OtherSpender(_Data):
     """Someone else on the same team (another script, a colleague's run): after
     `after_requests` chat requests, they have spent all but `leaves_usd` of the prepaid credit."""
@@ -126,10 +143,17 @@ def default_models() -> list[SimModel]:
             aliases=["grok-4.3-latest"],
             efforts=["none", "low", "medium", "high"],
             default_effort="low",
+            batch_discount="0.20",
             **long_43,
         ),
-        _model("grok-4.20-0309-reasoning", grok_43, **long_43),
-        _model("grok-4.20-0309-non-reasoning", grok_43, reasoning=False, **long_43),
+        _model("grok-4.20-0309-reasoning", grok_43, batch_discount="0.20", **long_43),
+        _model(
+            "grok-4.20-0309-non-reasoning",
+            grok_43,
+            reasoning=False,
+            batch_discount="0.20",
+            **long_43,
+        ),
         _model(
             "grok-4.5",
             ("2.00", "0.30", "6.00"),
@@ -168,6 +192,7 @@ class Scenario(_Data):
     limits: RateLimits = RateLimits()
     faults: Faults = Faults()
     other_spender: OtherSpender | None = None
+    batch: BatchBehaviour = BatchBehaviour()
     seed: int = 7
 
     def model(self, name: str) -> SimModel | None:

@@ -37,6 +37,7 @@ from knrun.sim.asgi import (
     read_request,
     send_response,
 )
+from knrun.sim.batch import BatchService
 from knrun.sim.management import Management
 from knrun.sim.ratelimit import RateLimiter
 from knrun.sim.scenario import Scenario, SimModel
@@ -107,6 +108,7 @@ class XaiSimulator:
         self.stats = XaiStats()
         self.limits = RateLimiter(self.scenario.limits, clock, self.scenario.latency.time_scale)
         self.management = Management(self)
+        self.batch = BatchService(self)
 
     # -- for tests and the demo -------------------------------------------------------------------
 
@@ -131,6 +133,37 @@ class XaiSimulator:
         self.stats.billed_ticks += ticks
         lag = self.scenario.billing_lag_s * self.scenario.latency.time_scale
         self._unsettled.append((self._clock() + lag, ticks))
+
+    # -- shared with the Batch API ----------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def pause(self, simulated_s: float) -> None:
+        await self._sleep(simulated_s * self.scenario.latency.time_scale)
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
+    def pick_outcome(self) -> str | None:
+        return self._pick_outcome()
+
+    def usage_of(
+        self, body: dict[str, Any], model: SimModel, messages: list[Any], conv_id: str | None
+    ) -> replies.Usage:
+        return self._usage(body, model, messages, conv_id)
+
+    def reply_of(
+        self,
+        body: dict[str, Any],
+        model: SimModel,
+        usage: replies.Usage,
+        cost: int,
+        outcome: str | None,
+        finish: str,
+    ) -> dict[str, Any]:
+        return self._reply(body, model, usage, cost, outcome, finish)
 
     # -- ASGI -------------------------------------------------------------------------------------
 
@@ -162,6 +195,8 @@ class XaiSimulator:
             )
         if request.method == "POST" and path == "/v1/chat/completions":
             return await self._chat(request, disconnected)
+        if path == "/v1/batches" or path.startswith("/v1/batches/"):
+            return await self.batch.handle(request, path)
         if request.method == "GET":
             return self._get(path)
         return _error(404, "not-found", f"No handler for {request.method} {path}")

@@ -147,8 +147,10 @@ class SqlUnitStore(RunRecords, ABC):
         start: int | None = None,
         reasons: Sequence[str] | None = None,
         own: bool = False,
+        only_own: bool = False,
     ) -> list[Unit]:
-        """`own`: also take back units this owner holds (after a claim whose reply was lost)."""
+        """`own`: also take back units this owner holds (after a claim whose reply was lost);
+        `only_own`: only those (a batch run re-attaching to its batch)."""
         if n <= 0:
             return []
         # Unix seconds with their fractions: a lease of a few seconds (in tests) stays exact.
@@ -163,6 +165,7 @@ class SqlUnitStore(RunRecords, ABC):
             start=start,
             reasons=reasons,
             own=own,
+            only_own=only_own,
         )
         # Not idempotent: a repeated claim would lease a second page. A lost page is not lost
         # work: the run takes it back before it ends (own=True), or its lease expires.

@@ -46,6 +46,7 @@ TRANSIENT_REASONS = (
     "retries_exhausted",
     "timeout",
     "dropped",
+    "batch_error",
 )
 
 # The runs table's columns and their definitions; `detail` (JSON) stays last.

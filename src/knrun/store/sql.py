@@ -134,6 +134,7 @@ class UnitSql:
         start: int | None,
         reasons: Sequence[str] | None = None,
         own: bool = False,
+        only_own: bool = False,
     ) -> Statement:
         """One statement: lease up to n eligible, unleased units from row `start` on (from the
         first row when None), in rowid order, and return their inputs and rowids.
@@ -148,15 +149,21 @@ class UnitSql:
         returning = ", ".join(quote(column) for column in self.input_columns)
         # own: also this owner's leased units (after a claim whose reply was lost).
         mine = f" OR {owner_col} = ?" if own else ""
+        # only_own: just this owner's units (a batch run taking back what its batch holds).
+        leasable = (
+            f"{owner_col} = ?" if only_own else f"({owner_col} IS NULL OR {expires_col} <= ?{mine})"
+        )
         sql = (
             f"UPDATE {self.table} SET {owner_col} = ?, {expires_col} = ? "
             # A plain range on rowid, so SQLite seeks to it: an OR here would scan the table.
             f"WHERE rowid IN (SELECT rowid FROM {self.table} WHERE rowid >= ? AND {clause} "
-            f"AND ({owner_col} IS NULL OR {expires_col} <= ?{mine}) ORDER BY rowid LIMIT ?) "
+            f"AND {leasable} ORDER BY rowid LIMIT ?) "
             f"RETURNING rowid AS {POSITION}, CAST({self.id} AS TEXT) AS {ID_TEXT}, "
             f"typeof({self.id}) AS {ID_TYPE}, {returning}"
         )
         first = MIN_ROWID if start is None else start
+        if only_own:
+            return Statement(sql, (owner, expires, first, *params, owner, n))
         mine_params: tuple[Any, ...] = (owner,) if own else ()
         return Statement(sql, (owner, expires, first, *params, now, *mine_params, n))
 

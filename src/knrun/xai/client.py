@@ -222,6 +222,14 @@ class XaiClient:
                     values.append(int(str(entry["val"])))
         return max(values) * TICKS_PER_CENT if values else None
 
+    async def call(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
+        """One JSON call of the Batch API (`knrun.xai.batch`). An idempotent one (a read, a
+        cancel) is retried on any passing trouble; any other only when it provably never
+        reached xAI."""
+        retry_on = RETRYABLE_READ if idempotent else RETRYABLE_CHAT
+        response = await self._request(self._api, method, path, retry_on=retry_on, **kwargs)
+        return json_of(response, path)
+
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _read(self, client: httpx.AsyncClient, path: str) -> Any:

@@ -80,6 +80,15 @@ class BadRequest(XaiError):
     pass
 
 
+class BatchRefused(ModelUnavailable):
+    """The Batch API does not take this model ("Model X is not supported for batch
+    processing."): run it live, or pick a model the Batch API takes."""
+
+
+class DuplicateBatchRequest(BadRequest):
+    """412: a batch already holds a request with this id and different content."""
+
+
 class NotSent(XaiError):
     """The request provably never reached xAI (no connection, or the body was not fully sent):
     nothing can have been billed, so sending it again is safe."""
@@ -168,6 +177,10 @@ def classify(
         return CreditExhausted(text, status)
     if any(fragment in lowered for fragment in _AUTH) or status == 401:
         return AuthFailed(text, status)
+    if "not supported for batch" in lowered:
+        return BatchRefused(text, status)
+    if status == 412:
+        return DuplicateBatchRequest(text, status)
     if any(fragment in lowered for fragment in _MODEL):
         return ModelUnavailable(text, status)
     if any(fragment in lowered for fragment in _TOO_LONG):

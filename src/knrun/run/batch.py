@@ -1,0 +1,379 @@
+"""The batch engine: the same leased units, through xAI's Batch API instead of live calls.
+
+    claimer --leased units--> submit (chunks of requests) --> the batch at xAI
+                                                                   |
+    record <-- judge <-- collect (poll the counters, page the results as they come) <--+
+
+A batch run's units are leased to the batch itself (`batch_owner`), for as long as xAI keeps
+its results, and its id is in the runs table before any request is added: a run that dies,
+or a Mac that sleeps for a day, leaves every submitted unit leased to the batch, and the next
+`go --batch` takes them back (`only_own`), asks xAI which of them the batch really holds, adds
+only the others, and collects. A unit is never added twice to a batch, nor to two batches.
+
+Guards are the live run's: the claimer only claims what the cap can pay for at the worst case
+(submitted units count as committed until their result is in); every result's
+`cost_in_usd_ticks` feeds the ledger and its drift check. When a guard stops the run, the batch
+is cancelled and what was done is still collected and written; an interrupted run leaves the
+batch open for the next start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from knrun.errors import ExitCode
+from knrun.job import JobSpec
+from knrun.pricing import ModelPrice
+from knrun.run import judge
+from knrun.run.claimer import Claimer
+from knrun.run.config import RunConfig
+from knrun.run.control import Control
+from knrun.run.events import Event, RunState
+from knrun.store.base import SqlUnitStore
+from knrun.store.types import Unit
+from knrun.xai import (
+    AuthFailed,
+    BadRequest,
+    CreditExhausted,
+    ModelUnavailable,
+    PossiblyBilled,
+    XaiError,
+)
+from knrun.xai.batch import BatchApi, BatchInfo, BatchResult
+
+Record = Callable[[judge.Judged], Awaitable[None]]
+CHUNK = 100  # requests per add call: far below xAI's 25 MB a call at any prompt knrun sends
+ADD_GAP_S = 0.1  # between add calls: xAI allows about 1,000 per 30 s per team
+BATCH_LEASE_S = 30 * 86_400.0  # as long as xAI keeps a batch's results
+# The stops that end a batch too (its pending requests would be billed for a run that halted);
+# any other stop (Ctrl-C, a store outage) leaves it open for the next start to collect.
+CANCELS_BATCH = {ExitCode.DRIFT, ExitCode.FAILURE_RATE, ExitCode.BREAKER}
+
+
+def batch_owner(batch_id: str) -> str:
+    return f"batch:{batch_id}"
+
+
+@dataclass
+class BatchHandle:
+    """The batch a run feeds: its id and what this process knows of it."""
+
+    batch_id: str
+    version: str
+    awaiting: dict[str, Unit] = field(default_factory=dict)  # in the batch, no result yet
+    info: BatchInfo | None = None
+    submitted_all: bool = False
+    closed: bool = False  # nothing of it is pending any more, and every result is in
+
+    def request_id(self, unit: Unit) -> str:
+        return f"{self.version}:{unit.id}"
+
+
+class BatchEngine:
+    def __init__(
+        self,
+        *,
+        job: JobSpec,
+        price: ModelPrice,
+        api: BatchApi,
+        handle: BatchHandle,
+        store: SqlUnitStore,
+        config: RunConfig,
+        state: RunState,
+        control: Control,
+        record: Record,
+        run_id: str,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.job, self.price, self.api, self.handle = job, price, api, handle
+        self.store, self.config, self.state = store, config, state
+        self.control, self.emit, self.record = control, control.emit, record
+        self.run_id, self._sleep = run_id, sleep
+        self.owner = batch_owner(handle.batch_id)
+        self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
+        self._held: set[str] = set()  # request ids xAI says the batch holds
+        self._collected: set[str] = set()
+        self._cancelled = False
+        self._done_claiming = False
+        self._batch_ended = False  # cancelled at xAI while this run was adding to it
+
+    def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(self._guarded(claimer))]
+
+    def keeps_leases(self) -> bool:
+        """The batch's units stay leased to it until nothing of it is pending and every
+        result is in; then what is left (cancelled requests never ran) goes back."""
+        return not self.handle.closed
+
+    async def _guarded(self, claimer: Claimer) -> None:
+        try:
+            await self._run(claimer)
+        except XaiError as exc:
+            self._stop_for(exc)
+        except Exception as exc:  # a bug: stop with a message, not a traceback
+            self.control.request_stop(
+                f"internal error in the batch engine: {exc!r}", ExitCode.FAILURE
+            )
+        finally:
+            self.state.in_flight = len(self.handle.awaiting)
+
+    async def _run(self, claimer: Claimer) -> None:
+        info = self.handle.info = await self.api.get(self.handle.batch_id)
+        self._held = await self.api.request_ids(self.handle.batch_id)
+        ended = info.cancelled or info.cancelled_by_xai is not None
+        if not ended:
+            await self._take_back_own()
+        else:  # cancelled (by the operator or xAI): collect what ran, add nothing
+            await self._await_own()
+        collector = asyncio.create_task(self._collect_until_done())
+        try:
+            if not ended:
+                await self._submit(claimer)
+            self.handle.submitted_all = not self.control.stopping
+            await collector
+        finally:
+            if not collector.done():
+                collector.cancel()
+
+    # -- submission -------------------------------------------------------------------------------
+
+    async def _take_back_own(self) -> None:
+        """Units an earlier run of this batch left leased to it: await those xAI holds, and
+        queue the others (never added: the run died first) to be added now."""
+        cursor: int | None = None
+        while page := await self.store.claim(
+            CHUNK * 5, self.owner, BATCH_LEASE_S, start=cursor, only_own=True
+        ):
+            cursor = page[-1].position + 1
+            fresh = []
+            for unit in page:
+                rid = self.handle.request_id(unit)
+                if rid in self._held:
+                    self.handle.awaiting[rid] = unit
+                else:
+                    fresh.append(unit)
+            await self._add(fresh)
+        if self.handle.awaiting:
+            self.emit(
+                Event(
+                    "batch_resumed",
+                    f"{len(self.handle.awaiting)} requests already in batch "
+                    f"{self.handle.batch_id}: collecting them",
+                )
+            )
+        self._publish()
+
+    async def _await_own(self) -> None:
+        """A cancelled batch's units: those it holds wait for their results (if they ran)."""
+        cursor: int | None = None
+        while page := await self.store.claim(
+            CHUNK * 5, self.owner, BATCH_LEASE_S, start=cursor, only_own=True
+        ):
+            cursor = page[-1].position + 1
+            for unit in page:
+                if (rid := self.handle.request_id(unit)) in self._held:
+                    self.handle.awaiting[rid] = unit
+        self._publish()
+
+    async def _submit(self, claimer: Claimer) -> None:
+        chunk: list[Unit] = []
+        while not self.control.stopping and not self._batch_ended:
+            unit = await self._next(claimer, wait=not chunk)
+            if unit is not None:
+                chunk.append(unit)
+            if chunk and (unit is None or len(chunk) >= CHUNK):
+                await self._add(chunk)
+                chunk = []
+                await self._sleep(ADD_GAP_S)
+            if unit is None and claimer.queue.empty() and self._done_claiming:
+                return
+
+    async def _next(self, claimer: Claimer, *, wait: bool) -> Unit | None:
+        """The next claimed unit; None when there is none now (or no more at all)."""
+        if not wait and claimer.queue.empty():
+            return None
+        unit = await claimer.take()
+        if unit is None:
+            self._done_claiming = True
+        return unit
+
+    async def _add(self, units: list[Unit]) -> None:
+        todo = [u for u in units if self.handle.request_id(u) not in self._held]
+        if not todo:
+            return
+        requests = [(self.handle.request_id(u), self._chat_body(u)) for u in todo]
+        try:
+            await self.api.add(self.handle.batch_id, requests)
+        except BadRequest:
+            info = self.handle.info = await self.api.get(self.handle.batch_id)
+            if not (info.cancelled or info.cancelled_by_xai):
+                raise
+            self._batch_ended = True  # cancelled meanwhile: the collector says by whom
+            return
+        except PossiblyBilled as exc:
+            # Sent, and no answer: the batch may hold them. xAI's own list says which.
+            self.emit(
+                Event(
+                    "batch_add_unknown", f"adding {len(todo)} requests: {exc}; re-reading the batch"
+                )
+            )
+            self._held = await self.api.request_ids(self.handle.batch_id)
+            missing = [u for u in todo if self.handle.request_id(u) not in self._held]
+            for u in todo:
+                if u not in missing:
+                    self.handle.awaiting[self.handle.request_id(u)] = u
+            if missing:
+                await self._add(missing)
+            return
+        for rid, _ in requests:
+            self._held.add(rid)
+        for u in todo:
+            self.handle.awaiting[self.handle.request_id(u)] = u
+        self.state.sent += len(todo)
+        self._publish()
+
+    def _chat_body(self, unit: Unit) -> dict[str, Any]:
+        job = self.job
+        body: dict[str, Any] = {
+            "model": job.model,
+            "messages": job.render(unit.inputs),
+            "temperature": job.temperature,
+            "max_completion_tokens": job.max_output_tokens,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": self._schema, "schema": job.response_schema},
+            },
+        }
+        if job.reasoning_effort is not None:
+            body["reasoning_effort"] = job.reasoning_effort
+        return body
+
+    # -- collection -------------------------------------------------------------------------------
+
+    async def _collect_until_done(self) -> None:
+        poll = self.config.batch_poll_s * self.config.time_scale  # real seconds
+        while True:
+            await self._collect()
+            info = self.handle.info
+            if self.control.stopping:
+                await self._wind_down()
+                return
+            if self.config.batch_no_wait and self.handle.submitted_all and self.handle.awaiting:
+                self.control.request_stop(
+                    f"batch {self.handle.batch_id}: {len(self.handle.awaiting):,} requests "
+                    "submitted and pending at xAI (results typically within 24 h); run "
+                    "`knrun go --batch` again to collect them",
+                    ExitCode.OK,
+                )
+                return
+            if info is not None and info.cancelled_by_xai:
+                await self._collect()
+                self.handle.closed = self.handle.info is not None and self.handle.info.done
+                self.control.request_stop(
+                    f"xAI cancelled batch {self.handle.batch_id}: {info.cancelled_by_xai}",
+                    ExitCode.BREAKER,
+                )
+                return
+            if self.handle.submitted_all and not self.handle.awaiting:
+                # Every request of the batch has its result here (the counters may lag).
+                self.handle.closed = True
+                self.state.batch = batch_counters(await self.api.get(self.handle.batch_id))
+                return
+            if self.handle.submitted_all and info is not None and info.done:
+                # Nothing pending, yet some never came back: cancelled (by the operator).
+                self.handle.closed = True
+                self.emit(
+                    Event(
+                        "batch_cancelled",
+                        f"{len(self.handle.awaiting)} requests of batch {self.handle.batch_id} "
+                        "were cancelled before they ran: given back",
+                    )
+                )
+                return
+            await self.control.pause(poll)  # wakes at once when a guard stops the run
+
+    async def _wind_down(self) -> None:
+        """A guard stopped the run: cancel what is pending (it would be billed), collect what
+        is done. Any other stop leaves the batch open for the next start."""
+        if self.control.exit_code in CANCELS_BATCH and not self._cancelled:
+            self._cancelled = True
+            with_message = self.control.reason or "the run stopped"
+            try:
+                self.handle.info = await self.api.cancel(self.handle.batch_id)
+                self.emit(
+                    Event(
+                        "batch_cancelled", f"batch {self.handle.batch_id} cancelled: {with_message}"
+                    )
+                )
+            except XaiError as exc:
+                self.emit(
+                    Event(
+                        "batch_cancel_failed",
+                        f"cancelling batch {self.handle.batch_id}: {exc}; cancel it with "
+                        f"`knrun batch cancel {self.handle.batch_id}`",
+                    )
+                )
+                return
+            await self._collect()
+            self.handle.closed = self.handle.info is not None and self.handle.info.done
+
+    async def _collect(self) -> None:
+        """Read the counters and, when results are there that this run has not seen, page
+        through them (unordered; the batch's results grow as its requests finish)."""
+        info = self.handle.info = await self.api.get(self.handle.batch_id)
+        self.state.batch = batch_counters(info)
+        waiting_on = set(self.handle.awaiting)
+        if not waiting_on or info.num_success + info.num_error == 0:
+            return
+        token: str | None = None
+        while waiting_on:
+            page, token = await self.api.results(self.handle.batch_id, self.job.model, token)
+            for result in page:
+                if result.request_id in waiting_on:
+                    waiting_on.discard(result.request_id)
+                    await self._take(result)
+            if token is None:
+                break
+        self._publish()
+
+    async def _take(self, result: BatchResult) -> None:
+        unit = self.handle.awaiting.pop(result.request_id)
+        attempt = judge.Attempt(
+            self.run_id,
+            self.owner,
+            f"{self.handle.batch_id}:{result.request_id}",
+            self.job.request_hash,
+        )
+        if result.reply is None:
+            failed = judge.failure(unit, judge.BATCH_ERROR, result.error or "", attempt)
+            await self.record(judge.Judged(failed))
+        else:
+            await self.record(judge.judge(result.reply, unit, self.job, self.price, attempt))
+        self._collected.add(result.request_id)
+
+    def _publish(self) -> None:
+        self.state.in_flight = len(self.handle.awaiting)
+        self.state.peak_in_flight = max(self.state.peak_in_flight, self.state.in_flight)
+
+    def _stop_for(self, exc: XaiError) -> None:
+        if isinstance(exc, CreditExhausted):
+            self.control.request_stop(f"credit exhausted: {exc}", ExitCode.BREAKER)
+        elif isinstance(exc, AuthFailed | ModelUnavailable):
+            self.control.request_stop(str(exc), ExitCode.USAGE)
+        else:
+            self.control.request_stop(f"the Batch API failed: {exc}", ExitCode.FAILURE)
+
+
+def batch_counters(info: BatchInfo) -> dict[str, Any]:
+    return {
+        "batch_id": info.batch_id,
+        "requests": info.num_requests,
+        "pending": info.num_pending,
+        "success": info.num_success,
+        "error": info.num_error,
+        "cancelled": info.num_cancelled,
+        "cost_ticks": info.total_cost_ticks,
+        "cancelled_by_xai": info.cancelled_by_xai,
+    }

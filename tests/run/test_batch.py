@@ -1,0 +1,218 @@
+"""`knrun go --batch` end to end through the CLI, against the simulator's Batch API on a loopback
+port and the SQLite store. Each guard is judged by the money and data it lets through: what xAI
+billed against what reached the store, requests added twice, units left leased."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_go import knrun, rows
+
+
+def status() -> dict[str, Any]:
+    """Counted now (`status` reuses a count up to 30 s old otherwise)."""
+    code, out, err = knrun("status", "--json", "--fresh")
+    assert code == 0, err
+    return dict(json.loads(out))
+
+from conftest import prepare_units, refresh_pricing_dates, write_receipt
+from knrun.sim.xai import XaiSimulator
+
+BATCH_OK = {"accepted": True}
+
+
+@pytest.fixture
+def batch_ready(project: Path, xai_server: XaiSimulator) -> int:
+    """2,000 imported units (those the job's `where` takes are returned), a batch receipt."""
+    refresh_pricing_dates(project / "pricing.toml")
+    eligible = prepare_units(project, 2000)
+    write_receipt(project, batch=BATCH_OK, approved_ticks=10**12)
+    return eligible
+
+
+def batch_runs() -> list[dict[str, Any]]:
+    found = rows("SELECT detail FROM knrun_runs WHERE kind = 'go' ORDER BY started_at")
+    return [json.loads(detail)["batch"] for (detail,) in found]
+
+
+def set_price(project: Path, model: str, key: str, value: str) -> None:
+    path = project / "pricing.toml"
+    text = path.read_text()
+    section = text.index(f'[models."{model}"]')
+    end = text.find("\n[", section + 1)
+    end = len(text) if end < 0 else end
+    block = text[section:end]
+    line = f"{key} = {value}"
+    block = (
+        re.sub(rf"^{key} = .*$", line, block, flags=re.M)
+        if f"\n{key} =" in block
+        else (block.rstrip("\n") + f"\n{line}\n")
+    )
+    path.write_text(text[:section] + block + text[end:])
+
+
+def test_2000_units_through_one_batch_every_unit_once_billed_at_the_batch_price(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    code, _, err = knrun("go", "--batch")
+    assert code == 0, err
+    figures = status()
+    stats = xai_server.batch.stats
+    assert figures["done"] == batch_ready and figures["failed"] == figures["leased"] == 0
+    assert stats.created == 1 and stats.added == batch_ready and stats.duplicates == 0
+    assert xai_server.stats.chat_requests == 0  # nothing went live
+    # What xAI billed is what the store holds and what pricing.toml's batch prices say: 20% off.
+    assert figures["billed_usd"] == figures["tracked_usd"] == figures["spent_usd"]
+    assert figures["spent_ticks"] == stats.billed_ticks
+    assert stats.billed_ticks == pytest.approx(stats.live_ticks * 0.8, rel=1e-6)
+    assert stats.add_calls <= batch_ready // 100 + 2  # chunks, not one call per unit
+    [record] = batch_runs()
+    assert record["id"] == "batch_sim_0001" and record["open"] is False
+
+
+def test_per_request_errors_become_unit_failures_with_their_reason(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    xai_server.scenario.batch.error_rate = 0.05
+    code, _, err = knrun("go", "--batch")
+    assert code == 0, err
+    figures = status()
+    errors = xai_server.batch.stats.errors
+    assert 40 < errors < 160
+    assert figures["failed_by_reason"] == {"batch_error": errors}
+    assert figures["done"] + figures["failed"] == batch_ready
+    assert figures["spent_ticks"] == xai_server.batch.stats.billed_ticks  # errors cost nothing
+
+
+def test_a_drift_halt_cancels_the_batch_and_writes_what_was_collected(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    # pricing.toml says batch output is $1.00/M; xAI bills $2.00: tracked is far under billed.
+    refresh_pricing_dates(project / "pricing.toml")
+    set_price(project, "grok-4.3", "batch_output", "1.00")
+    eligible = prepare_units(project, 2000)
+    write_receipt(project, batch=BATCH_OK, approved_ticks=10**12)
+    xai_server.scenario.batch.delay_s = 5000  # results over 2.5-7.5 s: most pending at a halt
+    code, _, err = knrun("go", "--batch")
+    assert code == 5, err
+    assert "drift" in err.lower()
+    stats = xai_server.batch.stats
+    assert stats.cancel_calls == 1
+    [batch] = xai_server.batch.batches.values()
+    assert batch.count("pending") == 0 and batch.count("cancelled") > eligible // 2
+    figures = status()
+    # Every result xAI produced (and billed) is in the store; nothing else was bought.
+    assert figures["done"] + figures["failed"] == stats.processed + stats.errors
+    assert figures["spent_ticks"] == stats.billed_ticks
+    assert figures["leased"] == 0  # the cancelled units are free for the next run
+    assert batch_runs()[-1]["open"] is False
+
+
+def test_a_batch_xai_cancels_is_reported_in_its_words_and_what_ran_is_kept(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    xai_server.scenario.batch.xai_cancels_after = 300
+    code, _, err = knrun("go", "--batch")
+    assert code == 3, err
+    assert "the team's batch quota was exceeded" in err
+    figures = status()
+    assert figures["done"] == xai_server.batch.stats.processed == 300
+    assert figures["spent_ticks"] == xai_server.batch.stats.billed_ticks
+    assert figures["leased"] == 0 and figures["remaining"] == batch_ready - 300
+
+
+def test_the_spend_cap_bounds_what_is_submitted(batch_ready: int, xai_server: XaiSimulator) -> None:
+    code, _, err = knrun("go", "--batch", "--max-spend", "1")
+    assert code == 4, err
+    stats = xai_server.batch.stats
+    figures = status()
+    # Each unit submitted counts at its worst case (twice the estimate) until its result is
+    # in: the cap of $1 bounds what xAI can bill, never what knrun hopes it will.
+    assert stats.billed_ticks <= 10**10
+    assert 0 < stats.added < batch_ready
+    assert figures["spent_ticks"] == stats.billed_ticks
+    assert figures["done"] == stats.processed
+
+
+def test_go_batch_needs_a_batch_canary_in_the_receipt(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    code, _, err = knrun("go", "--batch")
+    assert code == 2
+    assert "knrun preflight --batch" in err
+    assert xai_server.batch.stats.created == 0
+
+
+def test_a_model_without_batch_prices_is_not_assumed_to_have_any(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    job = project / "prompts" / "kn-1.6.toml"
+    job.write_text(job.read_text().replace('model = "grok-4.3"', 'model = "grok-4.5"'))
+    refresh_pricing_dates(project / "pricing.toml")
+    prepare_units(project, 50)
+    code, out, err = knrun("preflight", "--batch", "--canary", "5")
+    assert code == 2
+    assert "grok-4.5 has no batch prices" in out + err
+    assert xai_server.batch.stats.created == 0
+
+
+def test_a_model_the_batch_api_refuses_fails_the_batch_canary_with_xais_words(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    """Someone copied grok-4.3's batch prices to grok-4.5: the Batch API refuses the model, and
+    preflight says so in xAI's words; nothing is added to a batch, no receipt is written, and
+    `go --batch` will not run."""
+    job = project / "prompts" / "kn-1.6.toml"
+    job.write_text(job.read_text().replace('model = "grok-4.3"', 'model = "grok-4.5"'))
+    refresh_pricing_dates(project / "pricing.toml")
+    set_price(project, "grok-4.5", "batch_input", "1.60")
+    set_price(project, "grok-4.5", "batch_output", "4.80")
+    prepare_units(project, 50)
+    code, out, err = knrun("preflight", "--batch", "--canary", "5")
+    assert code == 2, out + err
+    assert "Model grok-4.5 is not supported for batch processing." in out
+    assert "6 batch canary" in out
+    assert xai_server.batch.stats.added == 0
+    assert not (project / ".knrun" / "receipts" / "kn-1.6.json").exists()
+    billed_before = xai_server.stats.billed_ticks
+    code, _, err = knrun("go", "--batch")
+    assert code == 2 and xai_server.stats.billed_ticks == billed_before
+
+
+def test_preflight_batch_measures_the_discount_and_go_batch_runs_on_its_receipt(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    refresh_pricing_dates(project / "pricing.toml")
+    eligible = prepare_units(project, 200)
+    code, out, err = knrun("preflight", "--batch", "--canary", "5")
+    assert code == 0, out + err
+    assert "20.0% off the live price (pricing.toml: 20.0%)" in out
+    receipt = json.loads((project / ".knrun" / "receipts" / "kn-1.6.json").read_text())
+    assert receipt["batch"]["accepted"] is True
+    assert receipt["batch"]["discount_measured"] == "0.2000"
+    code, _, err = knrun("go", "--batch")
+    assert code == 0, err
+    assert status()["done"] == eligible
+    assert xai_server.batch.stats.duplicates == 0
+
+
+def test_batch_list_and_cancel_for_the_operator(batch_ready: int, xai_server: XaiSimulator) -> None:
+    xai_server.scenario.batch.delay_s = 10**6  # nothing finishes
+    xai_server.scenario.batch.add_latency_s = 0
+    # Submit everything and leave: the batch stays open at xAI, its units leased to it.
+    code, out, err = knrun("go", "--batch", "--no-wait")
+    assert code == 0, err
+    assert "pending at xAI" in out + err
+    code, out, err = knrun("batch", "list")
+    assert code == 0, err
+    assert "batch_sim_0001" in out and "open" in out and f"{batch_ready:,} pending" in out
+    assert status()["leased"] == batch_ready
+    code, out, err = knrun("batch", "cancel", "batch_sim_0001")
+    assert code == 0, err
+    assert f"batch batch_sim_0001 cancelled; {batch_ready:,} units given back" in out, out
+    assert status()["leased"] == 0  # nothing ran: every unit is free again
+    assert xai_server.batch.stats.billed_ticks == 0
