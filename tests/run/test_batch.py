@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from test_go import knrun, rows
 
+from conftest import prepare_units, refresh_pricing_dates, write_receipt
+from knrun.sim.xai import XaiSimulator
+
+BATCH_OK = {"accepted": True}
+
 
 def status() -> dict[str, Any]:
     """Counted now (`status` reuses a count up to 30 s old otherwise)."""
     code, out, err = knrun("status", "--json", "--fresh")
     assert code == 0, err
     return dict(json.loads(out))
-
-from conftest import prepare_units, refresh_pricing_dates, write_receipt
-from knrun.sim.xai import XaiSimulator
-
-BATCH_OK = {"accepted": True}
 
 
 @pytest.fixture
@@ -216,3 +216,16 @@ def test_batch_list_and_cancel_for_the_operator(batch_ready: int, xai_server: Xa
     assert f"batch batch_sim_0001 cancelled; {batch_ready:,} units given back" in out, out
     assert status()["leased"] == 0  # nothing ran: every unit is free again
     assert xai_server.batch.stats.billed_ticks == 0
+
+
+def test_credit_exhausted_when_adding_stops_the_run_in_xais_words_and_frees_the_units(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    xai_server.balance_ticks = 0
+    code, _, err = knrun("go", "--batch")
+    assert code == 3, err
+    assert "credit exhausted" in err and "used all available credits" in err
+    figures = status()
+    assert figures["failed"] == 0 and figures["leased"] == 0  # never the units' fault
+    assert xai_server.batch.stats.added == 0 and xai_server.batch.stats.billed_ticks == 0
+    assert batch_runs()[-1]["open"] is False

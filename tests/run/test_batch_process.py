@@ -93,7 +93,7 @@ def test_kill_9_while_adding_then_while_collecting_nothing_added_twice_nothing_l
     behaviour = served.scenario.batch
     behaviour.add_latency_s = 20  # 0.4 s a call: the first kill lands mid-submission
     behaviour.delay_s = 10**6  # and nothing finishes while it submits
-    kill_when(lambda: 500 <= served.batch.stats.added)
+    kill_when(lambda: served.batch.stats.added >= 500)
     assert served.batch.stats.added < eligible
     # Second life: adds only the rest (an add cut by the kill may have landed anyway: xAI's own
     # list of ids says), then collects; killed once it has written a few hundred results.

@@ -21,7 +21,10 @@ from knrun.sim.xai import XaiSimulator
 @guarded
 def demo(
     scenario: Annotated[
-        str, typer.Option(help="normal | incident | credits | flaky: which guard to watch fire.")
+        str,
+        typer.Option(
+            help="normal | incident | credits | flaky | batch: which guard to watch fire."
+        ),
     ] = "normal",
     units: Annotated[int, typer.Option(min=20, help="Synthetic units to generate.")] = 300,
     store: Annotated[str, typer.Option(help="d1 (REST, simulated) or sqlite.")] = "d1",

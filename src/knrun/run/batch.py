@@ -98,6 +98,7 @@ class BatchEngine:
         self._cancelled = False
         self._done_claiming = False
         self._batch_ended = False  # cancelled at xAI while this run was adding to it
+        self._ended = False  # cancelled before this run began
 
     def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._guarded(claimer))]
@@ -119,19 +120,29 @@ class BatchEngine:
         finally:
             self.state.in_flight = len(self.handle.awaiting)
 
+    async def prepare(self) -> None:
+        """Before the claimer claims anything: what the batch already holds, and the units an
+        earlier run left leased to it (a fresh claim would be mixed up with them)."""
+        try:
+            info = self.handle.info = await self.api.get(self.handle.batch_id)
+            self._held = await self.api.request_ids(self.handle.batch_id)
+            self._ended = info.cancelled or info.cancelled_by_xai is not None
+            if not self._ended:
+                await self._take_back_own()
+            else:  # cancelled (by the operator or xAI): collect what ran, add nothing
+                await self._await_own()
+        except XaiError as exc:
+            self._stop_for(exc)  # the collector winds down: cancels if a guard, collects
+
     async def _run(self, claimer: Claimer) -> None:
-        info = self.handle.info = await self.api.get(self.handle.batch_id)
-        self._held = await self.api.request_ids(self.handle.batch_id)
-        ended = info.cancelled or info.cancelled_by_xai is not None
-        if not ended:
-            await self._take_back_own()
-        else:  # cancelled (by the operator or xAI): collect what ran, add nothing
-            await self._await_own()
         collector = asyncio.create_task(self._collect_until_done())
         try:
-            if not ended:
+            if not self._ended and not self.control.stopping:
                 await self._submit(claimer)
-            self.handle.submitted_all = not self.control.stopping
+        except XaiError as exc:
+            self._stop_for(exc)  # the collector winds down: cancels if a guard, collects
+        self.handle.submitted_all = not self.control.stopping
+        try:
             await collector
         finally:
             if not collector.done():

@@ -207,6 +207,7 @@ class Runner:
             Event("run_started", f"{self.state.total} units eligible", {"run_id": self.run_id})
         )
         await self.ledger.start()
+        await self.engine.prepare()
         writer = asyncio.create_task(self.writer.run())
         claimer = asyncio.create_task(self.claimer.run(self.config.workers))
         heartbeat = asyncio.create_task(self.claimer.heartbeat())

@@ -68,6 +68,9 @@ class LiveEngine:
         self._outage_streak = 0
         self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
 
+    async def prepare(self) -> None:
+        """Nothing to do before the claimer starts."""
+
     def keeps_leases(self) -> bool:
         """Whether the run's leases outlive it (a live run's go back when it ends)."""
         return False

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from knrun.job import load_job
 from knrun.sim.combined import Simulators
 from knrun.sim.corpus import write_jsonl
 from knrun.sim.d1 import D1Simulator
-from knrun.sim.scenario import Faults, OtherSpender, Scenario
+from knrun.sim.scenario import BatchBehaviour, Faults, OtherSpender, Scenario
 from knrun.sim.server import serve_in_thread
 from knrun.sim.xai import XaiSimulator
 from knrun.store.importer import import_units
@@ -34,6 +37,9 @@ SCENARIOS = {
     "flaky": "5% rate limits, 3% server errors, 2% malformed JSON: each refused request backs "
     "off on its own while the rest keep the pace, failures are recorded by reason, and "
     "`knrun retry` picks them up",
+    "batch": "through xAI's Batch API at 20% off: preflight's batch canary, a `go --batch` "
+    "killed with -9 while it adds requests, then a second one that re-attaches to the same "
+    "batch, adds only what xAI does not hold, and collects every result",
 }
 # Every setting the demo points somewhere: the operator's own values must not leak in.
 _ENV_KEYS = (
@@ -73,6 +79,9 @@ def simulated_xai(plan: Plan) -> XaiSimulator:
         scenario.other_spender = OtherSpender(after_requests=30, leaves_usd=Decimal("0.01"))
     elif plan.scenario == "flaky":
         scenario.faults = Faults(rate_limited=0.05, server_error=0.03, malformed_json=0.02)
+    elif plan.scenario == "batch":
+        # Each add call takes 20 s (so the kill lands mid-submission), each request 1.5-4.5 min.
+        scenario.batch = BatchBehaviour(delay_s=180, add_latency_s=20)
     return XaiSimulator(scenario)
 
 
@@ -147,7 +156,7 @@ def run(plan: Plan, invoke: Invoke, say: Say) -> int:
         env["KNRUN_STORE"] = "d1" if d1 else "sqlite:knrun.sqlite"
         env["KNRUN_SIM_TIME_SCALE"] = f"{plan.time_scale:g}"  # pacing keeps the simulator's time
         with pointed_at(env, folder):
-            code = _steps(plan, invoke, say)
+            code = _steps(plan, invoke, say, simulators.xai)
     say(
         f"\ndemo finished in {time.monotonic() - started:.1f} s with exit code {code} "
         f"({_meaning(code)}). Its files stay in {folder}: the run log under .knrun/runs/, the "
@@ -161,7 +170,7 @@ def run(plan: Plan, invoke: Invoke, say: Say) -> int:
     return code
 
 
-def _steps(plan: Plan, invoke: Invoke, say: Say) -> int:
+def _steps(plan: Plan, invoke: Invoke, say: Say, xai: XaiSimulator) -> int:
     def step(*args: str) -> int:
         say(f"\n$ knrun {' '.join(args)}")
         return invoke(list(args))
@@ -170,12 +179,50 @@ def _steps(plan: Plan, invoke: Invoke, say: Say) -> int:
         step("db", "import", "units.jsonl")
     step("db", "migrate")
     step("pricing", "sync")
+    if plan.scenario == "batch":
+        return _batch_steps(step, say, xai)
     code = step("preflight")
     if code == ExitCode.OK:
         code = step("go")
         if plan.scenario == "flaky" and code == ExitCode.OK:
             code = step("retry", "--max-spend", "1")
     step("status")
+    return code
+
+
+def _batch_steps(step: Callable[..., int], say: Say, xai: XaiSimulator) -> int:
+    code = step("preflight", "--batch")
+    if code != ExitCode.OK:
+        return code
+    say("\n$ knrun go --batch   (in a process of its own, killed with -9 after its first add)")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "knrun", "go", "--batch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = xai.batch.stats.added  # the canary's
+    deadline = time.monotonic() + 60
+    while xai.batch.stats.added == first and process.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    added = xai.batch.stats.added - first
+    say(
+        f"killed: {added} requests had landed in the batch (an add in flight at the kill may "
+        "still land); its units stay leased to the batch"
+    )
+    step("status", "--fresh")
+    code = step("go", "--batch")
+    stats = xai.batch.stats
+    say(
+        f"\nthe simulator's Batch API: {stats.created} batches (the canary's and the run's), "
+        f"{stats.added} requests added, {stats.duplicates} added twice, "
+        f"${stats.billed_ticks / 10**10:.4f} billed at 20% off "
+        f"(${stats.live_ticks / 10**10:.4f} live)"
+    )
+    step("status", "--fresh")
     return code
 
 
