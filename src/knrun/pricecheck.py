@@ -103,7 +103,23 @@ def check_prices(
     for name in sorted(pricing.retired):
         if find_live(live, name):
             result.notes.append(f"{name}: in [retired] but still on the live list")
+    if job_model is not None and job_model in pricing.models:
+        result.notes.append(_batch_note(pricing.models[job_model]))
     return result
+
+
+def _batch_note(price: ModelPrice) -> str:
+    """The live list carries no batch prices: say so, rather than let a check look complete."""
+    if not price.has_batch_prices:
+        return (
+            f"{price.model}: no batch prices in pricing.toml, so `go --batch` will not run it "
+            "(the Batch API's discount varies by model, and some models are refused)"
+        )
+    return (
+        f"{price.model}: batch prices (${price.batch_input} in, ${price.batch_output} out per "
+        "1M) cannot be verified from the live list; `knrun preflight --batch` measures them "
+        "against a real batch"
+    )
 
 
 def _check_job_model(

@@ -131,3 +131,16 @@ def test_check_compares_the_long_context_tier_too(project: Path, xai_server: Xai
     code, out, _ = knrun("pricing", "check")
     assert "long_context_threshold: pricing.toml says 128,000 tokens, live 200,000" in out
     assert knrun("pricing", "sync")[0] == 0 and knrun("pricing", "check")[0] == 0
+
+
+def test_check_says_batch_prices_cannot_be_verified_from_the_live_list(
+    fresh_pricing: Path, xai_server: XaiSimulator
+) -> None:
+    code, out, _ = knrun("pricing", "check")
+    assert code == 0
+    assert "batch prices ($1.00 in, $2.00 out per 1M) cannot be verified" in out
+    job = fresh_pricing.parent / "prompts" / "kn-1.6.toml"
+    job.write_text(job.read_text().replace('model = "grok-4.3"', 'model = "grok-4.6"'))
+    code, out, _ = knrun("pricing", "check")
+    assert code == 0
+    assert "grok-4.6: no batch prices in pricing.toml, so `go --batch` will not run it" in out

@@ -122,6 +122,7 @@ def test_status_json_is_valid_with_the_documented_fields(project: Path) -> None:
         "spool_pending_other_versions",
         "current_runs",
         "dead_runs",
+        "open_batches",
         "last_run",
         "rate_per_min",
         "eta_minutes",

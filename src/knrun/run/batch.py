@@ -99,6 +99,7 @@ class BatchEngine:
         self._done_claiming = False
         self._batch_ended = False  # cancelled at xAI while this run was adding to it
         self._ended = False  # cancelled before this run began
+        self._read_from: str | None = None  # the first results page not yet read in full
 
     def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._guarded(claimer))]
@@ -331,23 +332,32 @@ class BatchEngine:
             self.handle.closed = self.handle.info is not None and self.handle.info.done
 
     async def _collect(self) -> None:
-        """Read the counters and, when results are there that this run has not seen, page
-        through them (unordered; the batch's results grow as its requests finish)."""
+        """Read the counters and page through the results that came since the last read.
+        Pages already read in full are not read again: reading every page at every poll would
+        cost a 15,000-unit batch 150 pages a poll. Once nothing is pending, one pass from the
+        start catches any result the incremental reads missed (xAI does not document that
+        results are appended in order)."""
         info = self.handle.info = await self.api.get(self.handle.batch_id)
         self.state.batch = batch_counters(info)
-        waiting_on = set(self.handle.awaiting)
-        if not waiting_on or info.num_success + info.num_error == 0:
+        if not self.handle.awaiting or info.num_success + info.num_error == 0:
             return
-        token: str | None = None
-        while waiting_on:
-            page, token = await self.api.results(self.handle.batch_id, self.job.model, token)
-            for result in page:
-                if result.request_id in waiting_on:
-                    waiting_on.discard(result.request_id)
-                    await self._take(result)
-            if token is None:
-                break
+        await self._read_results(self._read_from)
+        if self.handle.awaiting and info.done:
+            await self._read_results(None, full=True)
         self._publish()
+
+    async def _read_results(self, token: str | None, *, full: bool = False) -> None:
+        while self.handle.awaiting:
+            page, following = await self.api.results(self.handle.batch_id, self.job.model, token)
+            self.state.batch_pages += 1
+            for result in page:
+                if result.request_id in self.handle.awaiting:
+                    await self._take(result)
+            if following is None:
+                return  # a partial last page: the next read starts at it again
+            token = following
+            if not full:
+                self._read_from = following  # every page before it was read in full
 
     async def _take(self, result: BatchResult) -> None:
         unit = self.handle.awaiting.pop(result.request_id)

@@ -11,6 +11,7 @@ from knrun.job import JobSpec
 from knrun.run.batch import BatchHandle
 from knrun.run.events import Event, EventSink
 from knrun.store.base import SqlUnitStore
+from knrun.store.types import RunRecord
 from knrun.xai.batch import BatchApi
 
 RUNS_SCANNED = 500
@@ -26,8 +27,13 @@ class BatchRun:
 
 async def batch_runs(store: SqlUnitStore) -> list[BatchRun]:
     """Each batch of the job with its latest run's record, newest first."""
+    return batches_of(await store.runs(RUNS_SCANNED))
+
+
+def batches_of(runs: list[RunRecord]) -> list[BatchRun]:
+    """The batches these run records name, each as its latest record (newest first) says."""
     seen: dict[str, BatchRun] = {}
-    for run in await store.runs(RUNS_SCANNED):
+    for run in runs:
         batch = run.detail.get("batch")
         if isinstance(batch, dict) and batch.get("id") and batch["id"] not in seen:
             seen[batch["id"]] = BatchRun(

@@ -65,6 +65,7 @@ class RunState:
     runners: int = 1  # live runs sharing the store's request budget, this one included
     stopping: str | None = None  # why the run is winding down
     batch: dict[str, Any] | None = None  # a batch run's counters, as xAI last reported them
+    batch_pages: int = 0  # result pages read
 
     @property
     def share_429(self) -> float:

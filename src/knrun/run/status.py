@@ -13,7 +13,7 @@ from knrun.context import Context
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
 from knrun.run import spool_ops
-from knrun.run.batch_runs import batch_runs
+from knrun.run.batch_runs import batches_of
 from knrun.store.types import Progress, RunRecord
 
 LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence past this = dead
@@ -126,7 +126,9 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
     """The report `knrun status` shows: the store's figures, and the local spool's."""
     async with ctx.open_store() as store:
         progress, runs, age = await store.status(max_attempts=max_attempts, fresh_s=fresh_s)
-        batches = [b for b in await batch_runs(store) if b.open]
+    # From the recent runs status reads anyway (no request more): a batch left open by a run
+    # older than those is still found by `go --batch` and `knrun batch list`.
+    batches = [b for b in batches_of(runs) if b.open]
     held = await spool_ops.counts(ctx.job.name, ctx.job.version)
     report = status_report(
         ctx.job,
