@@ -350,9 +350,10 @@ class BatchEngine:
         while self.handle.awaiting:
             page, following = await self.api.results(self.handle.batch_id, self.job.model, token)
             self.state.batch_pages += 1
-            for result in page:
-                if result.request_id in self.handle.awaiting:
-                    await self._take(result)
+            fresh = {r.request_id: r for r in page if r.request_id in self.handle.awaiting}
+            # Together: the spool commits concurrent appends as one (one fsync a page, not one
+            # a result, which made collecting 15,000 results take longer than xAI did).
+            await asyncio.gather(*(self._take(result) for result in fresh.values()))
             if following is None:
                 return  # a partial last page: the next read starts at it again
             token = following
