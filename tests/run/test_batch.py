@@ -229,3 +229,20 @@ def test_credit_exhausted_when_adding_stops_the_run_in_xais_words_and_frees_the_
     assert figures["failed"] == 0 and figures["leased"] == 0  # never the units' fault
     assert xai_server.batch.stats.added == 0 and xai_server.batch.stats.billed_ticks == 0
     assert batch_runs()[-1]["open"] is False
+
+
+def test_every_reply_malformed_trips_the_failure_rate_guard_and_cancels_what_is_pending(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    xai_server.scenario.faults.malformed_json = 1.0
+    xai_server.scenario.batch.delay_s = 5000  # results over 2.5-7.5 s: most pending at the trip
+    code, _, err = knrun("go", "--batch")
+    assert code == 6, err
+    stats = xai_server.batch.stats
+    assert stats.cancel_calls == 1
+    figures = status()
+    # What ran is paid for and recorded (failed, with its reason); the rest never ran.
+    assert figures["failed"] == stats.processed < batch_ready // 2
+    assert figures["failed_by_reason"] == {"invalid_json": stats.processed}
+    assert figures["spent_ticks"] == stats.billed_ticks
+    assert figures["leased"] == 0

@@ -31,6 +31,7 @@ from knrun.run.claimer import Claimer
 from knrun.run.config import RunConfig
 from knrun.run.control import Control
 from knrun.run.events import Event, RunState
+from knrun.run.ledger import Ledger
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import Unit
 from knrun.xai import (
@@ -83,6 +84,7 @@ class BatchEngine:
         config: RunConfig,
         state: RunState,
         control: Control,
+        ledger: Ledger,
         record: Record,
         run_id: str,
         sleep: Callable[[float], Awaitable[None]],
@@ -90,15 +92,15 @@ class BatchEngine:
         self.job, self.price, self.api, self.handle = job, price, api, handle
         self.store, self.config, self.state = store, config, state
         self.control, self.emit, self.record = control, control.emit, record
+        self.ledger = ledger
         self.run_id, self._sleep = run_id, sleep
         self.owner = batch_owner(handle.batch_id)
         self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
         self._held: set[str] = set()  # request ids xAI says the batch holds
-        self._collected: set[str] = set()
-        self._cancelled = False
+        self._cancel_sent = False  # this run cancelled the batch
         self._done_claiming = False
-        self._batch_ended = False  # cancelled at xAI while this run was adding to it
-        self._ended = False  # cancelled before this run began
+        self._cancelled_before = False  # the batch was cancelled before this run began
+        self._cancelled_meanwhile = False  # cancelled at xAI while this run was adding to it
         self._read_from: str | None = None  # the first results page not yet read in full
 
     def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
@@ -127,18 +129,16 @@ class BatchEngine:
         try:
             info = self.handle.info = await self.api.get(self.handle.batch_id)
             self._held = await self.api.request_ids(self.handle.batch_id)
-            self._ended = info.cancelled or info.cancelled_by_xai is not None
-            if not self._ended:
-                await self._take_back_own()
-            else:  # cancelled (by the operator or xAI): collect what ran, add nothing
-                await self._await_own()
+            self._cancelled_before = info.cancelled or info.cancelled_by_xai is not None
+            # A cancelled batch (by the operator or xAI): collect what ran, add nothing.
+            await self._take_back_own(add_missing=not self._cancelled_before)
         except XaiError as exc:
             self._stop_for(exc)  # the collector winds down: cancels if a guard, collects
 
     async def _run(self, claimer: Claimer) -> None:
         collector = asyncio.create_task(self._collect_until_done())
         try:
-            if not self._ended and not self.control.stopping:
+            if not self._cancelled_before and not self.control.stopping:
                 await self._submit(claimer)
         except XaiError as exc:
             self._stop_for(exc)  # the collector winds down: cancels if a guard, collects
@@ -151,22 +151,24 @@ class BatchEngine:
 
     # -- submission -------------------------------------------------------------------------------
 
-    async def _take_back_own(self) -> None:
-        """Units an earlier run of this batch left leased to it: await those xAI holds, and
-        queue the others (never added: the run died first) to be added now."""
+    async def _take_back_own(self, *, add_missing: bool) -> None:
+        """Units an earlier run of this batch left leased to it: those xAI holds wait for
+        their results; the others (the run died before adding them) are added now, unless
+        the batch is cancelled (then they go back when the run ends)."""
         cursor: int | None = None
         while page := await self.store.claim(
             CHUNK * 5, self.owner, BATCH_LEASE_S, start=cursor, only_own=True
         ):
             cursor = page[-1].position + 1
-            fresh = []
+            missing = []
             for unit in page:
                 rid = self.handle.request_id(unit)
                 if rid in self._held:
                     self.handle.awaiting[rid] = unit
                 else:
-                    fresh.append(unit)
-            await self._add(fresh)
+                    missing.append(unit)
+            if add_missing:
+                await self._add(missing)
         if self.handle.awaiting:
             self.emit(
                 Event(
@@ -177,21 +179,9 @@ class BatchEngine:
             )
         self._publish()
 
-    async def _await_own(self) -> None:
-        """A cancelled batch's units: those it holds wait for their results (if they ran)."""
-        cursor: int | None = None
-        while page := await self.store.claim(
-            CHUNK * 5, self.owner, BATCH_LEASE_S, start=cursor, only_own=True
-        ):
-            cursor = page[-1].position + 1
-            for unit in page:
-                if (rid := self.handle.request_id(unit)) in self._held:
-                    self.handle.awaiting[rid] = unit
-        self._publish()
-
     async def _submit(self, claimer: Claimer) -> None:
         chunk: list[Unit] = []
-        while not self.control.stopping and not self._batch_ended:
+        while not self.control.stopping and not self._cancelled_meanwhile:
             unit = await self._next(claimer, wait=not chunk)
             if unit is not None:
                 chunk.append(unit)
@@ -222,7 +212,7 @@ class BatchEngine:
             info = self.handle.info = await self.api.get(self.handle.batch_id)
             if not (info.cancelled or info.cancelled_by_xai):
                 raise
-            self._batch_ended = True  # cancelled meanwhile: the collector says by whom
+            self._cancelled_meanwhile = True  # the collector says by whom
             return
         except PossiblyBilled as exc:
             # Sent, and no answer: the batch may hold them. xAI's own list says which.
@@ -309,8 +299,11 @@ class BatchEngine:
     async def _wind_down(self) -> None:
         """A guard stopped the run: cancel what is pending (it would be billed), collect what
         is done. Any other stop leaves the batch open for the next start."""
-        if self.control.exit_code in CANCELS_BATCH and not self._cancelled:
-            self._cancelled = True
+        if not self._held and not self.handle.awaiting:
+            self.handle.closed = True  # nothing was ever added: nothing to come back to
+            return
+        if self.control.exit_code in CANCELS_BATCH and not self._cancel_sent:
+            self._cancel_sent = True
             with_message = self.control.reason or "the run stopped"
             try:
                 self.handle.info = await self.api.cancel(self.handle.batch_id)
@@ -368,12 +361,24 @@ class BatchEngine:
             f"{self.handle.batch_id}:{result.request_id}",
             self.job.request_hash,
         )
-        if result.reply is None:
+        if result.unreadable:
+            # A reply came and cannot be read: xAI may have billed it, so it counts at its
+            # worst case, as an unreadable live reply does.
+            worst = self.ledger.worst_case_ticks(self.job.render(unit.inputs))
+            failed = judge.failure(
+                unit,
+                judge.BAD_RESPONSE,
+                f"{result.error}; counted as possibly billed",
+                attempt,
+                possible_ticks=worst,
+                expected_ticks=min(self.ledger.expected_ticks(), worst),
+            )
+            await self.record(judge.Judged(failed))
+        elif result.reply is None:
             failed = judge.failure(unit, judge.BATCH_ERROR, result.error or "", attempt)
             await self.record(judge.Judged(failed))
         else:
             await self.record(judge.judge(result.reply, unit, self.job, self.price, attempt))
-        self._collected.add(result.request_id)
 
     def _publish(self) -> None:
         self.state.in_flight = len(self.handle.awaiting)

@@ -171,6 +171,7 @@ class Runner:
             config=self.config,
             state=self.state,
             control=self.control,
+            ledger=self.ledger,
             record=self.record,
             run_id=self.run_id,
             sleep=scaled_sleep(self.config.time_scale),

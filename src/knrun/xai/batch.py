@@ -48,6 +48,7 @@ class BatchResult:
     request_id: str
     reply: ChatReply | None  # the chat reply, or None with `error`
     error: str | None = None
+    unreadable: bool = False  # a reply came, but not one knrun can read: it may be billed
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -91,12 +92,12 @@ def parse_result(item: Any, model: str) -> BatchResult | None:
     request_id = str(item["batch_request_id"])
     result = _dict(item.get("batch_result"))
     response = _dict(result.get("response"))
-    chat = response.get("chat_get_completion") or response.get("completion_response")
-    if isinstance(chat, dict):
+    key = next((k for k in ("chat_get_completion", "completion_response") if k in response), None)
+    if key is not None:
         try:
-            return BatchResult(request_id, parse_chat(chat, model))
+            return BatchResult(request_id, parse_chat(response[key], model))
         except BadResponse as exc:
-            return BatchResult(request_id, None, str(exc))
+            return BatchResult(request_id, None, str(exc), unreadable=True)
     error = item.get("error") or result.get("error")
     if isinstance(error, dict):
         message = str(error.get("message") or error.get("code") or "")
