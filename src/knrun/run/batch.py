@@ -25,7 +25,7 @@ from typing import Any
 
 from knrun.errors import ExitCode
 from knrun.job import JobSpec
-from knrun.pricing import ModelPrice
+from knrun.pricing import ModelPrice, format_usd
 from knrun.run import judge
 from knrun.run.claimer import Claimer
 from knrun.run.config import RunConfig
@@ -67,6 +67,7 @@ class BatchHandle:
     info: BatchInfo | None = None
     submitted_all: bool = False
     closed: bool = False  # nothing of it is pending any more, and every result is in
+    created: bool = False  # by this run: every one of its results is this run's
 
     def request_id(self, unit: Unit) -> str:
         return f"{self.version}:{unit.id}"
@@ -281,7 +282,9 @@ class BatchEngine:
             if self.handle.submitted_all and not self.handle.awaiting:
                 # Every request of the batch has its result here (the counters may lag).
                 self.handle.closed = True
-                self.state.batch = batch_counters(await self.api.get(self.handle.batch_id))
+                final = self.handle.info = await self.api.get(self.handle.batch_id)
+                self.state.batch = batch_counters(final)
+                self._compare_totals(final)
                 return
             if self.handle.submitted_all and info is not None and info.done:
                 # Nothing pending, yet some never came back: cancelled (by the operator).
@@ -379,6 +382,23 @@ class BatchEngine:
             await self.record(judge.Judged(failed))
         else:
             await self.record(judge.judge(result.reply, unit, self.job, self.price, attempt))
+
+    def _compare_totals(self, info: BatchInfo) -> None:
+        """xAI's own total for the batch against the results' bills. Only for a batch this run
+        created (a resumed batch's earlier results were billed to earlier runs); a warning, not
+        a halt: the per-result drift check has already judged each result."""
+        if not self.handle.created or info.total_cost_ticks is None or not self.state.billed_ticks:
+            return
+        gap = abs(info.total_cost_ticks - self.state.billed_ticks) / self.state.billed_ticks
+        if gap > 0.02:
+            self.emit(
+                Event(
+                    "drift_check",
+                    f"xAI's total for batch {info.batch_id} is {format_usd(info.total_cost_ticks)}"
+                    f", its results' bills sum to {format_usd(self.state.billed_ticks)} "
+                    f"({gap:.1%} apart): check the console's usage page",
+                )
+            )
 
     def _publish(self) -> None:
         self.state.in_flight = len(self.handle.awaiting)

@@ -53,4 +53,4 @@ async def attach_batch(
             return BatchHandle(run.batch_id, job.version)
     info = await api.create(f"knrun {job.name} v{job.version} {run_id}")
     events(Event("batch_created", f"batch {info.batch_id} created"))
-    return BatchHandle(info.batch_id, job.version)
+    return BatchHandle(info.batch_id, job.version, created=True)
