@@ -246,3 +246,22 @@ def test_every_reply_malformed_trips_the_failure_rate_guard_and_cancels_what_is_
     assert figures["failed_by_reason"] == {"invalid_json": stats.processed}
     assert figures["spent_ticks"] == stats.billed_ticks
     assert figures["leased"] == 0
+
+
+def test_preflights_batch_canary_never_adds_to_or_waits_for_an_open_batch(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    xai_server.scenario.batch.delay_s = 10**6  # the run's batch: nothing finishes
+    # $1 of the corpus submitted (the cap counts each at its worst case), the rest left.
+    code, out, err = knrun("go", "--batch", "--no-wait", "--max-spend", "1")
+    assert code == 0, out + err
+    submitted = xai_server.batch.stats.added
+    assert 0 < submitted < batch_ready
+    xai_server.scenario.batch.delay_s = 600  # the canary's: done in about a second
+    xai_server.balance_ticks = 1000 * 10**10  # $1,000: the balance step passes
+    code, out, err = knrun("preflight", "--batch", "--canary", "5")
+    assert code == 0, out + err
+    first, canary = xai_server.batch.batches.values()
+    assert first.count("pending") == submitted  # nothing added to it, nothing taken from it
+    assert canary.count("succeeded") == 5
+    assert [b["batch_id"] for b in status()["open_batches"]] == [first.batch_id]

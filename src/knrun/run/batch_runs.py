@@ -43,11 +43,18 @@ def batches_of(runs: list[RunRecord]) -> list[BatchRun]:
 
 
 async def attach_batch(
-    store: SqlUnitStore, api: BatchApi, job: JobSpec, run_id: str, events: EventSink
+    store: SqlUnitStore,
+    api: BatchApi,
+    job: JobSpec,
+    run_id: str,
+    events: EventSink,
+    *,
+    reuse: bool = True,
 ) -> BatchHandle:
-    """The open batch of this job and version, or a new one. The caller records the id in the
-    runs table before a single request is added."""
-    for run in await batch_runs(store):
+    """The open batch of this job and version, or a new one (always a new one without
+    `reuse`: preflight's canary must not add to, or wait for, a run's batch). The caller
+    records the id in the runs table before a single request is added."""
+    for run in await batch_runs(store) if reuse else []:
         if run.open and run.version == job.version:
             events(Event("batch_attached", f"batch {run.batch_id}, left open by run {run.run_id}"))
             return BatchHandle(run.batch_id, job.version)

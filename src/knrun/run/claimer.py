@@ -70,6 +70,8 @@ class Claimer:
             want = self._claim_size()
             if want is None or (want == 0 and await self._cap_blocks()):
                 return
+            if want == 0 and self.config.batch_no_wait:
+                return  # a batch run that will not wait: submitted what the cap allows
             if want == 0:  # the cap is full of committed units: wait for some to finish
                 await self.control.pause(0.05)
                 continue

@@ -85,7 +85,9 @@ async def _launch(
     record = _new_record(ctx, request, run_id, owner, total)
     batch = None
     if config.batch:
-        batch = await attach_batch(store, BatchApi(xai), job, run_id, request.events)
+        batch = await attach_batch(
+            store, BatchApi(xai), job, run_id, request.events, reuse=request.kind == "go"
+        )
         record.detail["batch"] = {"id": batch.batch_id, "open": True}
     # Before any request goes out (for a batch: before any is added), so a crash leaves a trace.
     await store.record_run(record)
