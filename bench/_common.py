@@ -104,6 +104,26 @@ class Measured:
         return statistics.fmean(self.xai.stats.latencies) * scale
 
 
+def scaled_d1(
+    db: Path, spec: JobSpec, scale: float, *, scale_window: bool = False
+) -> tuple[D1Simulator, D1Store]:
+    """D1 over REST in the scaled world: its latency and knrun's limiter scaled; with
+    `scale_window`, Cloudflare's 5-minute window too (its `Ratelimit` header paces the
+    limiter, at real-world speed when the window is not scaled)."""
+    window = {"limit_window_s": 300 * scale, "block_s": 300 * scale} if scale_window else {}
+    d1 = D1Simulator(db, latency_s=D1_LATENCY_S * scale, **window)
+    store = D1Store(
+        spec,
+        account_id=d1.account_id,
+        database_id=d1.database_id,
+        api_token=SecretStr(d1.api_token),
+        base_url=d1.base_url(),
+        transport=d1.transport(),
+        limiter=RequestLimiter(D1_RATE_PER_S / scale),
+    )
+    return d1, store
+
+
 async def run_scaled(
     db: Path,
     units: int,
@@ -123,16 +143,7 @@ async def run_scaled(
     sim = xai or xai_sim(scale)
     d1 = None
     if store == "d1":
-        d1 = D1Simulator(db, latency_s=D1_LATENCY_S * scale)
-        unit_store = D1Store(
-            spec,
-            account_id=d1.account_id,
-            database_id=d1.database_id,
-            api_token=SecretStr(d1.api_token),
-            base_url=d1.base_url(),
-            transport=d1.transport(),
-            limiter=RequestLimiter(D1_RATE_PER_S / scale),
-        )
+        d1, unit_store = scaled_d1(db, spec, scale)
     else:
         unit_store = SqliteStore(spec, db)
     workers = max_concurrency or concurrency

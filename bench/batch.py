@@ -17,35 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from _common import D1_LATENCY_S, D1_RATE_PER_S, PRICING, job, table, units_db, xai_client, xai_sim
+from _common import PRICING, job, scaled_d1, table, units_db, xai_client, xai_sim
 from knrun.pricing import format_usd, load_pricing
 from knrun.run.batch import BatchHandle
 from knrun.run.coordinator import RunConfig, Runner
-from knrun.sim.d1 import D1Simulator
 from knrun.spool import Spool
-from knrun.store import D1Store
-from knrun.store.limiter import RequestLimiter
 from knrun.xai.batch import BatchApi
 
 
 async def measure(db: Path, units: int, scale: float) -> list[tuple[str, str]]:
     spec = job()
     sim = xai_sim(scale)
-    # Cloudflare's 5-minute window scaled too: its Ratelimit header paces the store's limiter.
-    d1 = D1Simulator(
-        db, latency_s=D1_LATENCY_S * scale, limit_window_s=300 * scale, block_s=300 * scale
-    )
-    store = D1Store(
-        spec,
-        account_id=d1.account_id,
-        database_id=d1.database_id,
-        api_token=SecretStr(d1.api_token),
-        base_url=d1.base_url(),
-        transport=d1.transport(),
-        limiter=RequestLimiter(D1_RATE_PER_S / scale),
-    )
+    d1, store = scaled_d1(db, spec, scale, scale_window=True)
     client = xai_client(sim, 2)
     spool = Spool(db.with_suffix(".spool"))
     info = await BatchApi(client).create("bench")

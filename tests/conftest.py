@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,28 @@ def ready(project: Path) -> Path:
     prepare_units(project, 500)
     write_receipt(project)
     return project
+
+
+def set_price(path: Path, model: str, key: str, value: str) -> None:
+    """Set `key` in pricing.toml's entry for `model` (adding it when the entry has none)."""
+    text = path.read_text()
+    start = text.index(f'[models."{model}"]')
+    end = text.find("\n[", start + 1)
+    end = len(text) if end < 0 else end
+    block, line = text[start:end], f"{key} = {value}"
+    if re.search(rf"^{key} = ", block, flags=re.M):
+        block = re.sub(rf"^{key} = .*$", line, block, flags=re.M)
+    else:
+        block = block.rstrip("\n") + f"\n{line}\n"
+    path.write_text(text[:start] + block + text[end:])
+
+
+@pytest.fixture
+def served(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[XaiSimulator]:
+    """An xAI simulator on a port for knrun run as a process, 50x faster than life (a 5 s
+    call takes about 0.1 s), with credit to spare."""
+    sim = XaiSimulator(Scenario(latency={"time_scale": 0.02}, balance_usd=Decimal(1000)))
+    with serve_in_thread(sim) as origin:
+        monkeypatch.setenv("XAI_BASE_URL", f"{origin}/v1")
+        monkeypatch.setenv("XAI_API_KEY", sim.scenario.api_key)
+        yield sim

@@ -223,10 +223,15 @@ class JobSpec(_Strict):
             field.name: (field.python_annotation(), ...) for field in self.outputs
         }
         return create_model(
-            f"{self.name.replace('-', '_').replace('.', '_')}_output",
+            self.schema_name,
             __config__=ConfigDict(extra="forbid"),
             **fields,
         )
+
+    @property
+    def schema_name(self) -> str:
+        """The response schema's name, as sent in `response_format`."""
+        return f"{self.name.replace('-', '_').replace('.', '_')}_output"
 
     @cached_property
     def prompt_hash(self) -> str:

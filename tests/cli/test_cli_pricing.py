@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import set_price
 from knrun.cli import app
 from knrun.pricing import load_pricing
 from knrun.sim.xai import XaiSimulator
@@ -28,14 +29,6 @@ def fresh_pricing(project: Path) -> Path:
     path = project / "pricing.toml"
     path.write_text(re.sub(r"verified_at = \S+", f"verified_at = {TODAY}", path.read_text()))
     return path
-
-
-def set_price(path: Path, model: str, kind: str, value: str) -> None:
-    text = path.read_text()
-    block = re.search(rf'\[models\."{re.escape(model)}"\][^\[]*', text)
-    assert block
-    changed = re.sub(rf"^{kind} = .*$", f"{kind} = {value}", block.group(0), flags=re.M)
-    path.write_text(text.replace(block.group(0), changed))
 
 
 def test_check_passes_when_prices_match_and_are_fresh(

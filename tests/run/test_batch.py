@@ -5,14 +5,13 @@ billed against what reached the store, requests added twice, units left leased."
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_go import knrun, rows
 
-from conftest import prepare_units, refresh_pricing_dates, write_receipt
+from conftest import prepare_units, refresh_pricing_dates, set_price, write_receipt
 from knrun.sim.xai import XaiSimulator
 
 BATCH_OK = {"accepted": True}
@@ -37,22 +36,6 @@ def batch_ready(project: Path, xai_server: XaiSimulator) -> int:
 def batch_runs() -> list[dict[str, Any]]:
     found = rows("SELECT detail FROM knrun_runs WHERE kind = 'go' ORDER BY started_at")
     return [json.loads(detail)["batch"] for (detail,) in found]
-
-
-def set_price(project: Path, model: str, key: str, value: str) -> None:
-    path = project / "pricing.toml"
-    text = path.read_text()
-    section = text.index(f'[models."{model}"]')
-    end = text.find("\n[", section + 1)
-    end = len(text) if end < 0 else end
-    block = text[section:end]
-    line = f"{key} = {value}"
-    block = (
-        re.sub(rf"^{key} = .*$", line, block, flags=re.M)
-        if f"\n{key} =" in block
-        else (block.rstrip("\n") + f"\n{line}\n")
-    )
-    path.write_text(text[:section] + block + text[end:])
 
 
 def test_2000_units_through_one_batch_every_unit_once_billed_at_the_batch_price(
@@ -93,7 +76,7 @@ def test_a_drift_halt_cancels_the_batch_and_writes_what_was_collected(
 ) -> None:
     # pricing.toml says batch output is $1.00/M; xAI bills $2.00: tracked is far under billed.
     refresh_pricing_dates(project / "pricing.toml")
-    set_price(project, "grok-4.3", "batch_output", "1.00")
+    set_price(project / "pricing.toml", "grok-4.3", "batch_output", "1.00")
     eligible = prepare_units(project, 2000)
     write_receipt(project, batch=BATCH_OK, approved_ticks=10**12)
     xai_server.scenario.batch.delay_s = 5000  # results over 2.5-7.5 s: most pending at a halt
@@ -169,8 +152,8 @@ def test_a_model_the_batch_api_refuses_fails_the_batch_canary_with_xais_words(
     job = project / "prompts" / "kn-1.6.toml"
     job.write_text(job.read_text().replace('model = "grok-4.3"', 'model = "grok-4.5"'))
     refresh_pricing_dates(project / "pricing.toml")
-    set_price(project, "grok-4.5", "batch_input", "1.60")
-    set_price(project, "grok-4.5", "batch_output", "4.80")
+    set_price(project / "pricing.toml", "grok-4.5", "batch_input", "1.60")
+    set_price(project / "pricing.toml", "grok-4.5", "batch_output", "4.80")
     prepare_units(project, 50)
     code, out, err = knrun("preflight", "--batch", "--canary", "5")
     assert code == 2, out + err
@@ -265,3 +248,17 @@ def test_preflights_batch_canary_never_adds_to_or_waits_for_an_open_batch(
     assert first.count("pending") == submitted  # nothing added to it, nothing taken from it
     assert canary.count("succeeded") == 5
     assert [b["batch_id"] for b in status()["open_batches"]] == [first.batch_id]
+
+
+def test_an_add_applied_then_answered_503_is_not_added_again(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    """A 5xx to an add may come after xAI applied it: sending it again would buy those
+    requests twice. knrun reads the batch's own list of ids instead."""
+    xai_server.scenario.batch.adds_applied_then_503 = 3
+    code, _, err = knrun("go", "--batch")
+    assert code == 0, err
+    stats = xai_server.batch.stats
+    assert stats.duplicates == 0 and stats.added == batch_ready
+    figures = status()
+    assert figures["done"] == batch_ready and figures["spent_ticks"] == stats.billed_ticks

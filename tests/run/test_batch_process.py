@@ -12,28 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from decimal import Decimal
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from conftest import prepare_units, refresh_pricing_dates, write_receipt
 from knrun.cli import app
-from knrun.sim.scenario import Scenario
-from knrun.sim.server import serve_in_thread
 from knrun.sim.xai import XaiSimulator
-
-
-@pytest.fixture
-def served(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[XaiSimulator]:
-    """The simulator on a port, 50x faster than life: an add call of 20 s takes 0.4 s."""
-    sim = XaiSimulator(Scenario(latency={"time_scale": 0.02}, balance_usd=Decimal(1000)))
-    with serve_in_thread(sim) as origin:
-        monkeypatch.setenv("XAI_BASE_URL", f"{origin}/v1")
-        monkeypatch.setenv("XAI_API_KEY", sim.scenario.api_key)
-        yield sim
 
 
 def done_units() -> int:

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ from typer.testing import CliRunner
 from conftest import prepare_units, refresh_pricing_dates, write_receipt
 from knrun.cli import app
 from knrun.sim.d1 import D1Fault, D1Simulator
-from knrun.sim.scenario import Scenario
 from knrun.sim.server import serve_in_thread
 from knrun.sim.xai import XaiSimulator
 
@@ -44,16 +41,6 @@ def query(sql: str, path: str = "knrun.sqlite") -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
-
-
-@pytest.fixture
-def served(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[XaiSimulator]:
-    """An xAI simulator on a port, with calls 50x faster than life (about 0.1 s each)."""
-    sim = XaiSimulator(Scenario(latency={"time_scale": 0.02}, balance_usd=Decimal(1000)))
-    with serve_in_thread(sim) as origin:
-        monkeypatch.setenv("XAI_BASE_URL", f"{origin}/v1")
-        monkeypatch.setenv("XAI_API_KEY", sim.scenario.api_key)
-        yield sim
 
 
 def test_kill_9_five_times_then_finish_every_unit_done_once_nothing_paid_lost(

@@ -40,9 +40,11 @@ from knrun.xai import (
     CreditExhausted,
     ModelUnavailable,
     PossiblyBilled,
+    ServerError,
     XaiError,
 )
 from knrun.xai.batch import BatchApi, BatchInfo, BatchResult
+from knrun.xai.client import chat_body
 
 Record = Callable[[judge.Judged], Awaitable[None]]
 CHUNK = 100  # requests per add call: far below xAI's 25 MB a call at any prompt knrun sends
@@ -96,7 +98,6 @@ class BatchEngine:
         self.ledger = ledger
         self.run_id, self._sleep = run_id, sleep
         self.owner = batch_owner(handle.batch_id)
-        self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
         self._held: set[str] = set()  # request ids xAI says the batch holds
         self._cancel_sent = False  # this run cancelled the batch
         self._done_claiming = False
@@ -202,7 +203,7 @@ class BatchEngine:
             self._done_claiming = True
         return unit
 
-    async def _add(self, units: list[Unit]) -> None:
+    async def _add(self, units: list[Unit], *, again_if_unknown: bool = True) -> None:
         todo = [u for u in units if self.handle.request_id(u) not in self._held]
         if not todo:
             return
@@ -215,43 +216,42 @@ class BatchEngine:
                 raise
             self._cancelled_meanwhile = True  # the collector says by whom
             return
-        except PossiblyBilled as exc:
-            # Sent, and no answer: the batch may hold them. xAI's own list says which.
+        except (PossiblyBilled, ServerError) as exc:
+            if not again_if_unknown:
+                raise
+            # Sent, and no usable answer (a timeout, a dropped connection, a 5xx that may come
+            # after the add was applied): the batch may hold them. xAI's own list says which;
+            # the others are added once more.
             self.emit(
                 Event(
                     "batch_add_unknown", f"adding {len(todo)} requests: {exc}; re-reading the batch"
                 )
             )
             self._held = await self.api.request_ids(self.handle.batch_id)
-            missing = [u for u in todo if self.handle.request_id(u) not in self._held]
-            for u in todo:
-                if u not in missing:
-                    self.handle.awaiting[self.handle.request_id(u)] = u
-            if missing:
-                await self._add(missing)
+            self._awaiting([u for u in todo if self.handle.request_id(u) in self._held])
+            await self._add(todo, again_if_unknown=False)
             return
-        for rid, _ in requests:
-            self._held.add(rid)
-        for u in todo:
-            self.handle.awaiting[self.handle.request_id(u)] = u
-        self.state.sent += len(todo)
+        self._held.update(rid for rid, _ in requests)
+        self._awaiting(todo)
+
+    def _awaiting(self, units: list[Unit]) -> None:
+        """Units the batch holds now: their results are to be collected."""
+        for unit in units:
+            self.handle.awaiting[self.handle.request_id(unit)] = unit
+        self.state.sent += len(units)
         self._publish()
 
     def _chat_body(self, unit: Unit) -> dict[str, Any]:
         job = self.job
-        body: dict[str, Any] = {
-            "model": job.model,
-            "messages": job.render(unit.inputs),
-            "temperature": job.temperature,
-            "max_completion_tokens": job.max_output_tokens,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": self._schema, "schema": job.response_schema},
-            },
-        }
-        if job.reasoning_effort is not None:
-            body["reasoning_effort"] = job.reasoning_effort
-        return body
+        return chat_body(
+            model=job.model,
+            messages=job.render(unit.inputs),
+            temperature=job.temperature,
+            max_completion_tokens=job.max_output_tokens,
+            response_schema=job.response_schema,
+            schema_name=job.schema_name,
+            reasoning_effort=job.reasoning_effort,
+        )
 
     # -- collection -------------------------------------------------------------------------------
 

@@ -66,7 +66,6 @@ class LiveEngine:
         self._clock = clock
         self._attempts = 0  # requests made: numbers each one's attempt id
         self._outage_streak = 0
-        self._schema = f"{job.name}_output".replace("-", "_").replace(".", "_")
 
     async def prepare(self) -> None:
         """Nothing to do before the claimer starts."""
@@ -156,7 +155,7 @@ class LiveEngine:
             temperature=self.job.temperature,
             max_completion_tokens=self.job.max_output_tokens,
             response_schema=self.job.response_schema,
-            schema_name=self._schema,
+            schema_name=self.job.schema_name,
             reasoning_effort=self.job.reasoning_effort,
             conv_id=conv_id,
             timeout_s=timeout_s,

@@ -159,6 +159,10 @@ class BatchService:
             return self.sim.management.credit_exhausted()
         for request_id, body in bodies:
             self._enqueue(batch, request_id, body)
+        behaviour = self.sim.scenario.batch
+        if behaviour.adds_applied_then_503:
+            behaviour.adds_applied_then_503 -= 1
+            return _error(503, "unavailable", "The service is temporarily unavailable.")
         return Response.json(200, {})
 
     def _enqueue(self, batch: _Batch, request_id: str, body: dict[str, Any]) -> None:

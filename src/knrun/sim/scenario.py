@@ -106,6 +106,8 @@ class BatchBehaviour(_Data):
     delay_s: float = Field(default=600.0, ge=0)
     error_rate: float = Field(default=0.0, ge=0, le=1)  # per-request errors in the results
     add_latency_s: float = Field(default=0.2, ge=0)  # what one add-requests call takes
+    # This many add calls are applied, then answered 503 (the client cannot tell they landed).
+    adds_applied_then_503: int = Field(default=0, ge=0)
     # xAI cancels the batch itself once this many of its requests are done (None: never).
     xai_cancels_after: int | None = Field(default=None, ge=0)
     xai_cancel_message: str = "Batch cancelled by xAI: the team's batch quota was exceeded."

@@ -146,25 +146,6 @@ class XaiSimulator:
     def rng(self) -> random.Random:
         return self._rng
 
-    def pick_outcome(self) -> str | None:
-        return self._pick_outcome()
-
-    def usage_of(
-        self, body: dict[str, Any], model: SimModel, messages: list[Any], conv_id: str | None
-    ) -> replies.Usage:
-        return self._usage(body, model, messages, conv_id)
-
-    def reply_of(
-        self,
-        body: dict[str, Any],
-        model: SimModel,
-        usage: replies.Usage,
-        cost: int,
-        outcome: str | None,
-        finish: str,
-    ) -> dict[str, Any]:
-        return self._reply(body, model, usage, cost, outcome, finish)
-
     # -- ASGI -------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,14 +211,14 @@ class XaiSimulator:
             return refused
         assert body is not None and model is not None
         messages = body["messages"]
-        usage = self._usage(body, model, messages, request.headers.get("x-grok-conv-id"))
+        usage = self.usage_of(body, model, messages, request.headers.get("x-grok-conv-id"))
         if usage.prompt > model.max_prompt_tokens:
             too_long = (
                 f"This model's maximum prompt length is {model.max_prompt_tokens} but the request "
                 f"contains {usage.prompt} tokens."
             )
             return self._outcome("bad_request", _error(400, "invalid-argument", too_long))
-        outcome = self._pick_outcome()
+        outcome = self.pick_outcome()
         window = self.limits.for_model(model.id)
         if outcome == "rate_limited":
             return self._outcome(outcome, self._rate_limited(_rate_text(self, model.id)))
@@ -265,7 +246,7 @@ class XaiSimulator:
         self.stats.admitted.append(self._clock())
         if await self._compute(disconnected, cost):
             return self._outcome("abandoned", Response.json(499, {}))
-        reply = self._reply(body, model, usage, cost, outcome, finish)
+        reply = self.reply_of(body, model, usage, cost, outcome, finish)
         return self._outcome(outcome or "ok", Response.json(200, reply, window.headers()))
 
     def _refuse_request(
@@ -302,7 +283,7 @@ class XaiSimulator:
             )
         return None, body, model
 
-    def _usage(
+    def usage_of(
         self, body: dict[str, Any], model: SimModel, messages: list[Any], conv_id: str | None
     ) -> replies.Usage:
         prompt = sum(replies.tokens(str(m.get("content") or "")) for m in messages)
@@ -350,7 +331,7 @@ class XaiSimulator:
         self.stats.abandoned_requests += 1
         self.stats.abandoned_ticks += cost
 
-    def _pick_outcome(self) -> str | None:
+    def pick_outcome(self) -> str | None:
         if self.forced:
             return self.forced.popleft()
         faults = self.scenario.faults
@@ -364,7 +345,7 @@ class XaiSimulator:
             return "missing_cost"
         return None
 
-    def _reply(
+    def reply_of(
         self,
         body: dict[str, Any],
         model: SimModel,

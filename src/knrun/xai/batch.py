@@ -148,20 +148,14 @@ class BatchApi:
         ids: set[str] = set()
         token: str | None = None
         while True:
-            params: dict[str, Any] = {"limit": IDS_PAGE}
-            if token:
-                params["pagination_token"] = token
-            data = await self.xai.call(
-                "GET", f"/batches/{quote(batch_id)}/requests", idempotent=True, params=params
-            )
-            entries = data.get("batch_request_metadata") if isinstance(data, dict) else None
+            data, token = await self._page(f"/batches/{quote(batch_id)}/requests", IDS_PAGE, token)
+            entries = data.get("batch_request_metadata") or []
             ids.update(
                 str(entry["batch_request_id"])
-                for entry in entries or []
+                for entry in entries
                 if isinstance(entry, dict) and entry.get("batch_request_id")
             )
-            token = data.get("pagination_token") if isinstance(data, dict) else None
-            if not token or not entries:
+            if token is None:
                 return ids
 
     async def results(
@@ -169,18 +163,27 @@ class BatchApi:
     ) -> tuple[list[BatchResult], str | None]:
         """One page of results (unordered, and only those done so far) and the next page's
         token (None: the last page)."""
-        params: dict[str, Any] = {"limit": RESULTS_PAGE}
-        if token:
-            params["pagination_token"] = token
-        data = await self.xai.call(
-            "GET", f"/batches/{quote(batch_id)}/results", idempotent=True, params=params
+        data, following = await self._page(
+            f"/batches/{quote(batch_id)}/results", RESULTS_PAGE, token
         )
-        entries = data.get("results") if isinstance(data, dict) else None
+        entries = data.get("results")
         if not isinstance(entries, list):
             raise UnreadableReply("xAI batch results: no 'results' list in the reply")
         page = [r for r in (parse_result(entry, model) for entry in entries) if r is not None]
-        next_token = data.get("pagination_token") if isinstance(data, dict) else None
-        return page, (str(next_token) if next_token and entries else None)
+        return page, following
+
+    async def _page(
+        self, path: str, limit: int, token: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """One page of a paged list, and the next page's token (None after an empty page or
+        the last one)."""
+        params: dict[str, Any] = {"limit": limit}
+        if token:
+            params["pagination_token"] = token
+        data = _dict(await self.xai.call("GET", path, idempotent=True, params=params))
+        following = data.get("pagination_token")
+        listed = data.get("results") or data.get("batch_request_metadata")
+        return data, (str(following) if following and listed else None)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         """Cancel what is still pending; what is done stays done (and billed)."""

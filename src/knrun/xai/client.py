@@ -137,18 +137,15 @@ class XaiClient:
         failure proves nothing was billed (no connection; a fast 5xx); a timeout or a dropped
         connection after sending raises `PossiblyBilled`, never a second request.
         Give each concurrent caller its own `lane`."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "temperature": temperature,
-            "max_completion_tokens": max_completion_tokens,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": response_schema},
-            },
-        }
-        if reasoning_effort is not None:  # grok-4.20 and older refuse the parameter outright
-            body["reasoning_effort"] = reasoning_effort
+        body = chat_body(
+            model=model,
+            messages=messages,
+            temperature=temperature,
+            max_completion_tokens=max_completion_tokens,
+            response_schema=response_schema,
+            schema_name=schema_name,
+            reasoning_effort=reasoning_effort,
+        )
         headers = {"x-grok-conv-id": conv_id} if conv_id else {}
         seconds = timeout_s or self.chat_timeout_s
         client = self._lane(lane)
@@ -225,8 +222,8 @@ class XaiClient:
     async def call(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
         """One JSON call of the Batch API (`knrun.xai.batch`). An idempotent one (a read, a
         cancel) is retried on any passing trouble; any other only when it provably never
-        reached xAI."""
-        retry_on = RETRYABLE_READ if idempotent else RETRYABLE_CHAT
+        reached xAI: not on a 5xx, which may come after an add was applied."""
+        retry_on = RETRYABLE_READ if idempotent else (NotSent,)
         response = await self._request(self._api, method, path, retry_on=retry_on, **kwargs)
         return json_of(response, path)
 
@@ -278,6 +275,33 @@ class XaiClient:
             secrets = [key.get_secret_value() for key in self._secrets]
             raise classify(response, secrets=secrets, elapsed_s=time.monotonic() - started)
         return response
+
+
+def chat_body(
+    *,
+    model: str,
+    messages: list[dict[str, str]],
+    temperature: float,
+    max_completion_tokens: int,
+    response_schema: dict[str, Any],
+    schema_name: str,
+    reasoning_effort: str | None,
+) -> dict[str, Any]:
+    """A chat completion request with a JSON-Schema response format: what a live call sends,
+    and what a batch request holds."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": temperature,
+        "max_completion_tokens": max_completion_tokens,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": schema_name, "schema": response_schema},
+        },
+    }
+    if reasoning_effort is not None:  # grok-4.20 and older refuse the parameter outright
+        body["reasoning_effort"] = reasoning_effort
+    return body
 
 
 def _transport_error(path: str, exc: httpx.HTTPError) -> Exception:
