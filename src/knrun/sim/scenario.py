@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -99,7 +100,8 @@ class Faults(_Data):
 
 class BatchBehaviour(_Data):
     """How the simulated Batch API treats requests (durations in simulated seconds, scaled by
-    `latency.time_scale`)."""
+    `latency.time_scale`). The defaults are the hostile ones the public record allows: results
+    in no order, reads that disagree, a cancel that takes time, random 429s."""
 
     # A request is done this long after it was added, give or take half (results come early,
     # and unordered).
@@ -108,9 +110,28 @@ class BatchBehaviour(_Data):
     add_latency_s: float = Field(default=0.2, ge=0)  # what one add-requests call takes
     # This many add calls are applied, then answered 503 (the client cannot tell they landed).
     adds_applied_then_503: int = Field(default=0, ge=0)
+    # This many add calls are answered 503 without being applied.
+    adds_refused_503: int = Field(default=0, ge=0)
     # xAI cancels the batch itself once this many of its requests are done (None: never).
     xai_cancels_after: int | None = Field(default=None, ge=0)
     xai_cancel_message: str = "Batch cancelled by xAI: the team's batch quota was exceeded."
+    # How the results list is ordered: completion (appended as they end), newest_first, or
+    # shuffled (by a hash: a new result lands anywhere, and shifts every page after it).
+    results_order: Literal["completion", "newest_first", "shuffled"] = "shuffled"
+    trailing_empty_page: bool = True  # the last page carries a token to an empty page
+    # The counters, the results list and the request list each learn of a request's end up to
+    # this late, independently: any two reads can disagree, either way.
+    view_lag_s: float = Field(default=20.0, ge=0)
+    ids_lag_s: float = Field(default=10.0, ge=0)  # a new request joins the request list late
+    # A cancel reaches every request only after this: those due meanwhile run, and are billed.
+    cancel_spread_s: float = Field(default=5.0, ge=0)
+    rate_limited_rate: float = Field(default=0.02, ge=0, le=1)  # any call, answered 429
+    # A batch read whose `state` (the counters) is left out ("Not always populated").
+    counters_missing_rate: float = Field(default=0.05, ge=0, le=1)
+    # Cancelled requests listed among the results as errors (gRPC code 1, CANCELLED).
+    cancelled_in_results: bool = True
+    creates_per_s: float = Field(default=2.0, gt=0)
+    add_calls_per_30s: int = Field(default=1000, gt=0)
 
 
 class OtherSpender(_Data):

@@ -142,9 +142,12 @@ class XaiSimulator:
     async def pause(self, simulated_s: float) -> None:
         await self._sleep(simulated_s * self.scenario.latency.time_scale)
 
-    @property
-    def rng(self) -> random.Random:
-        return self._rng
+    def chance(self) -> float:
+        """A uniform draw in [0, 1) from the scenario's seeded randomness."""
+        return self._rng.random()
+
+    def credit_refusal(self) -> Response:
+        return self.management.credit_exhausted()
 
     # -- ASGI -------------------------------------------------------------------------------------
 
