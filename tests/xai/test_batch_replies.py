@@ -27,13 +27,30 @@ def test_a_result_carries_the_chat_reply_with_its_bill() -> None:
     assert result.reply.usage.reasoning_tokens == 10
 
 
-def test_an_error_comes_as_error_message_or_as_a_status() -> None:
-    plain = parse_result({"batch_request_id": "a", "error_message": "overloaded"}, "m")
-    status = parse_result({"batch_request_id": "b", "error": {"code": 13, "message": "boom"}}, "m")
+def test_an_error_comes_in_each_shape_the_public_record_shows() -> None:
+    """xAI's REST reference, its guide and the proto disagree on a failed entry's shape: a
+    top-level `error_message`, `batch_result.error` as a string, or as `{code, message}`."""
+    shapes = [
+        {"batch_request_id": "a", "error_message": "overloaded"},
+        {"batch_request_id": "a", "batch_result": {"error": "overloaded"}},
+        {"batch_request_id": "a", "batch_result": {"error": {"code": 13, "message": "overloaded"}}},
+        {"batch_request_id": "a", "error": {"code": 13, "message": "overloaded"}},
+    ]
+    for item in shapes:
+        result = parse_result(item, "m")
+        assert result is not None and result.reply is None and result.error == "overloaded"
+        assert not result.cancelled
     bare = parse_result({"batch_request_id": "c"}, "m")
-    assert plain is not None and plain.reply is None and plain.error == "overloaded"
-    assert status is not None and status.error == "boom"
     assert bare is not None and bare.reply is None and bare.error  # never silently "ok"
+
+
+def test_a_cancelled_request_listed_as_an_error_is_known_as_cancelled() -> None:
+    by_code = parse_result(
+        {"batch_request_id": "a", "batch_result": {"error": {"code": 1, "message": "x"}}}, "m"
+    )
+    by_words = parse_result({"batch_request_id": "b", "error_message": "Request cancelled."}, "m")
+    assert by_code is not None and by_code.cancelled
+    assert by_words is not None and by_words.cancelled
 
 
 def test_a_reply_without_usage_is_an_error_not_a_free_result() -> None:
@@ -50,9 +67,15 @@ def test_an_entry_without_an_id_is_skipped() -> None:
     assert parse_result({"error_message": "x"}, "m") is None
 
 
-def test_counters_with_fields_missing_read_as_zero_and_done_means_nothing_pending() -> None:
-    info = parse_batch({"batch_id": "b1", "state": {"num_requests": 3, "num_success": 3}})
-    assert info.done and info.finished == 3 and info.total_cost_ticks is None
+def test_counters_left_out_are_unknown_never_done() -> None:
+    """The proto says the counters are "not always populated": a reply without them (or
+    without `num_pending`) says nothing about what is pending, and is never read as done."""
+    missing = parse_batch({"batch_id": "b0", "name": "n"})
+    partial = parse_batch({"batch_id": "b1", "state": {"num_requests": 3, "num_success": 3}})
+    assert not missing.counted and not missing.done
+    assert not partial.counted and not partial.done
+    info = parse_batch({"batch_id": "b1", "state": {"num_requests": 3, "num_pending": 0}})
+    assert info.counted and info.done and info.total_cost_ticks is None
     assert not info.cancelled and info.cancelled_by_xai is None
     refused = parse_batch(
         {

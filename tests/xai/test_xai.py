@@ -80,8 +80,9 @@ RATE = (
         (429, CREDIT, CreditExhausted),
         (403, CREDIT, CreditExhausted),
         (402, "Payment required", CreditExhausted),
-        (403, f"Team {TEAM}: billing is suspended until the invoice is paid.", CreditExhausted),
-        (400, "Your licence does not cover this model.", CreditExhausted),
+        # Not xAI's documented words for an empty account: each keeps its own class.
+        (403, f"Team {TEAM}: billing is suspended until the invoice is paid.", AuthFailed),
+        (400, "Your licence does not cover this model.", BadRequest),
         (
             403,
             f"Your newly created team {TEAM} doesn't have any credits or licenses yet. "
@@ -114,6 +115,33 @@ RATE = (
     ],
 )
 def test_errors_are_classified_from_the_real_messages(status, message, expected) -> None:
+    assert type(classify(xai_response(status, message))) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        (
+            400,
+            "Invalid JSON schema: property 'credit_points' has unsupported type 'decimal'.",
+            BadRequest,
+        ),
+        (400, "Argument not supported: billing_reference", BadRequest),
+        (422, "Failed to deserialize the JSON body: unknown field `payment_terms`", BadRequest),
+        (400, "The licence text in the prompt exceeds the allowed length.", BadRequest),
+        (
+            429,
+            f"Too many requests for team {TEAM} and model grok-4.3 (credit tier 0). "
+            "Requests per Second (actual/limit): 31/30.",
+            RateLimited,
+        ),
+        (500, "Internal error while checking credits. Please retry.", ServerError),
+    ],
+)
+def test_credit_words_in_other_errors_are_not_credit_exhaustion(status, message, expected) -> None:
+    """Only xAI's own phrases for an empty account stop a run as credit exhausted; a schema
+    property, a parameter or a prompt that mentions credit, billing, payment or a licence
+    keeps its own class (each of these once stopped a run with exit 3)."""
     assert type(classify(xai_response(status, message))) is expected
 
 

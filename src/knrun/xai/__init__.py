@@ -23,6 +23,7 @@ from knrun.xai.errors import (
     UnreadableReply,
     XaiError,
     classify,
+    classify_message,
 )
 from knrun.xai.models import ApiKeyInfo, ChatReply, LiveModel, RateHeaders, find_live
 
@@ -55,5 +56,6 @@ __all__ = [
     "XaiClient",
     "XaiError",
     "classify",
+    "classify_message",
     "find_live",
 ]

@@ -1,29 +1,47 @@
 """xAI's Batch API over REST: create a batch, add requests, read its counters, page its results
-and the ids it holds, cancel it. Shapes from xAI's batch proto (xai-org/xai-proto, as shipped in
-xai-sdk-python) and community REST clients; every reply is read defensively.
+and its request list, cancel it. Shapes from xAI's REST reference and batch proto (xai-org/
+xai-proto), read defensively: the sources disagree on how a failed result looks, and the proto
+says the counters are "not always populated" and the results' order "is not guaranteed".
 
 Requests in a batch are billed as xAI processes them, at the model's batch price; they do not
-count against the rate limits, and most finish "typically within 24 hours"."""
+count against the chat rate limits, and most finish "typically within 24 hours". The Batch API's
+own calls are rate-limited: a 429 (and, on reads, any passing trouble) is waited out here with
+backoff, counted, and given up only after `max_wait_s`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from knrun.xai.client import XaiClient
-from knrun.xai.errors import BadResponse, UnreadableReply
+from knrun.xai.errors import (
+    BadResponse,
+    NotSent,
+    PossiblyBilled,
+    RateLimited,
+    ServerError,
+    UnreadableReply,
+    XaiError,
+)
 from knrun.xai.models import ChatReply, parse_chat
 
-RESULTS_PAGE = 100  # results per page read
-IDS_PAGE = 1000  # request ids per page read
+PAGE = 1000  # results or request ids per page read: the REST reference's maximum
+BACKOFF_MAX_S = 60.0
+MAX_WAIT_S = 1800.0  # of 429s and outages in a row on one call before giving up
+CANCELLED_CODE = 1  # gRPC's CANCELLED, as a failed result's code
+# Per-request states of the request list (REST: lower case, the proto's State without STATE_).
+PENDING, SUCCEEDED, FAILED, CANCELLED = "pending", "succeeded", "failed", "cancelled"
 
 
 @dataclass(frozen=True)
 class BatchInfo:
     batch_id: str
     name: str
+    counted: bool = True  # False: the reply left out `state` (the counters are unknown)
     num_requests: int = 0
     num_pending: int = 0
     num_success: int = 0
@@ -31,7 +49,7 @@ class BatchInfo:
     num_cancelled: int = 0
     total_cost_ticks: int | None = None  # cost_breakdown.total_cost_usd_ticks, when sent
     cancelled_by_xai: str | None = None  # cancel_by_xai_message: xAI's own words
-    cancelled: bool = False
+    cancelled: bool = False  # cancel_time is set (the cancel may not have spread yet)
 
     @property
     def finished(self) -> int:
@@ -39,8 +57,9 @@ class BatchInfo:
 
     @property
     def done(self) -> bool:
-        """No status enum: a batch is done when nothing in it is pending."""
-        return self.num_pending == 0
+        """Nothing pending, as far as these counters know (they may lag the truth, and say
+        nothing when they were left out)."""
+        return self.counted and self.num_pending == 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,15 @@ class BatchResult:
     reply: ChatReply | None  # the chat reply, or None with `error`
     error: str | None = None
     unreadable: bool = False  # a reply came, but not one knrun can read: it may be billed
+    code: int | None = None  # a failed result's code, when it has one
+
+    @property
+    def cancelled(self) -> bool:
+        """Listed as an error because the request was cancelled before it ran (gRPC's code 1,
+        or a message that says so: the REST shapes often carry no code)."""
+        if self.reply is not None or self.unreadable:
+            return False
+        return self.code == CANCELLED_CODE or "cancel" in (self.error or "").lower()
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -65,16 +93,18 @@ def _int(value: Any) -> int:
 def parse_batch(data: Any) -> BatchInfo:
     if not isinstance(data, dict) or not data.get("batch_id"):
         raise UnreadableReply(f"xAI batch: no batch_id in the reply: {str(data)[:160]}")
-    state, costs = _dict(data.get("state")), _dict(data.get("cost_breakdown"))
+    state, costs = data.get("state"), _dict(data.get("cost_breakdown"))
+    counters = _dict(state)
     total = costs.get("total_cost_usd_ticks")
     return BatchInfo(
         batch_id=str(data["batch_id"]),
         name=str(data.get("name") or ""),
-        num_requests=_int(state.get("num_requests")),
-        num_pending=_int(state.get("num_pending")),
-        num_success=_int(state.get("num_success")),
-        num_error=_int(state.get("num_error")),
-        num_cancelled=_int(state.get("num_cancelled")),
+        counted=isinstance(state, dict) and "num_pending" in counters,
+        num_requests=_int(counters.get("num_requests")),
+        num_pending=_int(counters.get("num_pending")),
+        num_success=_int(counters.get("num_success")),
+        num_error=_int(counters.get("num_error")),
+        num_cancelled=_int(counters.get("num_cancelled")),
         total_cost_ticks=None if total is None else _int(total),
         cancelled_by_xai=str(data["cancel_by_xai_message"])
         if data.get("cancel_by_xai_message")
@@ -85,8 +115,9 @@ def parse_batch(data: Any) -> BatchInfo:
 
 def parse_result(item: Any, model: str) -> BatchResult | None:
     """One entry of a results page: `{batch_request_id, batch_result: {response:
-    {chat_get_completion: <chat reply>}}}`, or an error as `error_message` or `error:
-    {code, message}`. None for an entry without an id (nothing to match it to)."""
+    {chat_get_completion: <chat reply>}}}`, or a failure, which the public record shows as
+    `batch_result.error` (a string, or `{code, message}`) or a top-level `error_message`. An
+    entry with neither is a failure too. None for an entry without an id."""
     if not isinstance(item, dict) or not item.get("batch_request_id"):
         return None
     request_id = str(item["batch_request_id"])
@@ -98,98 +129,144 @@ def parse_result(item: Any, model: str) -> BatchResult | None:
             return BatchResult(request_id, parse_chat(response[key], model))
         except BadResponse as exc:
             return BatchResult(request_id, None, str(exc), unreadable=True)
-    error = item.get("error") or result.get("error")
-    if isinstance(error, dict):
-        message = str(error.get("message") or error.get("code") or "")
-    else:
-        message = str(item.get("error_message") or error or "")
-    return BatchResult(
-        request_id, None, message or "the batch returned neither a reply nor an error"
-    )
+    for error in (result.get("error"), item.get("error_message"), item.get("error")):
+        if isinstance(error, dict) and (error.get("message") or error.get("code")):
+            code = error.get("code")
+            message = str(error.get("message") or f"error code {code}")
+            return BatchResult(request_id, None, message, code=_int(code) if code else None)
+        if isinstance(error, str) and error:
+            return BatchResult(request_id, None, error)
+    return BatchResult(request_id, None, "the batch returned neither a reply nor an error")
+
+
+Sleep = Callable[[float], Awaitable[None]]
+OnWait = Callable[[str, XaiError, float], None]
 
 
 class BatchApi:
-    def __init__(self, xai: XaiClient) -> None:
-        self.xai = xai
+    def __init__(
+        self,
+        xai: XaiClient,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        on_wait: OnWait | None = None,
+        max_wait_s: float = MAX_WAIT_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`sleep` keeps the caller's time (a simulator's, in tests); `on_wait(what, error,
+        seconds)` hears of every wait, so a run can count and show them."""
+        self.xai, self._sleep, self._on_wait = xai, sleep, on_wait
+        self.max_wait_s = max_wait_s
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
+        self.calls = 0  # every call made, waits included: what polling costs
+
+    async def _call(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
+        """One call, waiting out 429s (always: xAI refused it before doing anything) and, for
+        calls that may be repeated, any passing trouble; for the others a 5xx or a lost reply
+        is the caller's to resolve (an add may have been applied)."""
+        waited, tries = 0.0, 0
+        while True:
+            self.calls += 1
+            try:
+                return await self.xai.call(method, path, idempotent=idempotent, **kwargs)
+            except (RateLimited, NotSent) as exc:
+                problem: XaiError = exc
+            except (ServerError, PossiblyBilled, UnreadableReply) as exc:
+                if not idempotent:
+                    raise
+                problem = exc
+            tries += 1
+            delay = self._rng.uniform(0.5, 1.0) * min(BACKOFF_MAX_S, 2.0**tries)
+            if isinstance(problem, RateLimited) and problem.retry_after is not None:
+                delay = max(delay, problem.retry_after)
+            if waited + delay > self.max_wait_s:
+                raise problem
+            if self._on_wait is not None:
+                self._on_wait(f"{method} {path}", problem, delay)
+            await self._sleep(delay)
+            waited += delay
 
     async def create(self, name: str) -> BatchInfo:
-        # Not retried blindly: a lost reply would leave a second, empty batch (harmless: an
-        # empty batch costs nothing, but knrun records only the one it got back).
-        return parse_batch(
-            await self.xai.call("POST", "/batches", idempotent=False, json={"name": name})
-        )
+        """A new batch. A reply lost after sending leaves the batch made or not: it is looked
+        for by its name (knrun's names are unique), so a retry never makes a second one."""
+        try:
+            data = await self._call("POST", "/batches", idempotent=False, json={"name": name})
+        except (ServerError, PossiblyBilled) as exc:
+            found = await self.find(name)
+            if found is None:
+                raise XaiError(f"creating batch {name!r}: {exc}; no batch of that name") from exc
+            return found
+        return parse_batch(data)
+
+    async def find(self, name: str) -> BatchInfo | None:
+        token: str | None = None
+        while True:
+            data, token = await self._page("/batches", token, "batches")
+            for entry in data.get("batches") or []:
+                if isinstance(entry, dict) and entry.get("name") == name:
+                    return parse_batch(entry)
+            if token is None:
+                return None
 
     async def get(self, batch_id: str) -> BatchInfo:
-        return parse_batch(
-            await self.xai.call("GET", f"/batches/{quote(batch_id)}", idempotent=True)
-        )
-
-    async def batches(self, limit: int = 100) -> list[BatchInfo]:
-        data = await self.xai.call("GET", "/batches", idempotent=True, params={"limit": limit})
-        entries = data.get("batches") if isinstance(data, dict) else None
-        return [parse_batch(entry) for entry in entries or [] if isinstance(entry, dict)]
+        return parse_batch(await self._call("GET", f"/batches/{quote(batch_id)}", idempotent=True))
 
     async def add(self, batch_id: str, requests: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Add (id, chat body) requests. Sent once: a reply lost on the way back leaves the
-        caller not knowing; it re-reads the ids the batch holds (`request_ids`) before adding
-        any of them again. The reply body is not relied on."""
+        """Add (id, chat body) requests. Sent once (a 429 is waited out: it was refused); a 5xx
+        or a reply lost on the way back leaves the caller not knowing, and it reads the batch's
+        request list before adding any of them again. The reply body is not relied on."""
         body = {
             "batch_requests": [
                 {"batch_request_id": rid, "batch_request": {"chat_get_completion": chat}}
                 for rid, chat in requests
             ]
         }
-        await self.xai.call(
-            "POST", f"/batches/{quote(batch_id)}/requests", idempotent=False, json=body
-        )
+        path = f"/batches/{quote(batch_id)}/requests"
+        await self._call("POST", path, idempotent=False, json=body)
 
-    async def request_ids(self, batch_id: str) -> set[str]:
-        """Every request id the batch holds, from xAI's own list: what was really added."""
-        ids: set[str] = set()
+    async def request_states(self, batch_id: str) -> dict[str, str]:
+        """Every request the batch's list holds, with its state (pending, succeeded, failed,
+        cancelled): what was really added. The list may lag what was added."""
+        states: dict[str, str] = {}
         token: str | None = None
         while True:
-            data, token = await self._page(f"/batches/{quote(batch_id)}/requests", IDS_PAGE, token)
-            entries = data.get("batch_request_metadata") or []
-            ids.update(
-                str(entry["batch_request_id"])
-                for entry in entries
-                if isinstance(entry, dict) and entry.get("batch_request_id")
-            )
+            path = f"/batches/{quote(batch_id)}/requests"
+            data, token = await self._page(path, token, "batch_request_metadata")
+            for entry in data.get("batch_request_metadata") or []:
+                if isinstance(entry, dict) and entry.get("batch_request_id"):
+                    state = str(entry.get("state") or PENDING).lower()
+                    states[str(entry["batch_request_id"])] = state.removeprefix("state_")
             if token is None:
-                return ids
+                return states
 
     async def results(
         self, batch_id: str, model: str, token: str | None = None
-    ) -> tuple[list[BatchResult], str | None]:
-        """One page of results (unordered, and only those done so far) and the next page's
-        token (None: the last page)."""
-        data, following = await self._page(
-            f"/batches/{quote(batch_id)}/results", RESULTS_PAGE, token
-        )
+    ) -> tuple[list[BatchResult], str | None, int]:
+        """One page of results (in no guaranteed order, and only those done so far), the next
+        page's token (None: nothing after it), and the page's size in entries."""
+        data, following = await self._page(f"/batches/{quote(batch_id)}/results", token, "results")
         entries = data.get("results")
         if not isinstance(entries, list):
             raise UnreadableReply("xAI batch results: no 'results' list in the reply")
         page = [r for r in (parse_result(entry, model) for entry in entries) if r is not None]
-        return page, following
+        return page, following, len(entries)
 
     async def _page(
-        self, path: str, limit: int, token: str | None
+        self, path: str, token: str | None, key: str
     ) -> tuple[dict[str, Any], str | None]:
-        """One page of a paged list, and the next page's token (None after an empty page or
-        the last one)."""
-        params: dict[str, Any] = {"limit": limit}
+        """One page of a paged list, and the next page's token: None after the last page, and
+        after an empty one whatever it says (a token may have nothing behind it)."""
+        params: dict[str, Any] = {"limit": PAGE}
         if token:
             params["pagination_token"] = token
-        data = _dict(await self.xai.call("GET", path, idempotent=True, params=params))
+        data = _dict(await self._call("GET", path, idempotent=True, params=params))
         following = data.get("pagination_token")
-        listed = data.get("results") or data.get("batch_request_metadata")
-        return data, (str(following) if following and listed else None)
+        return data, (str(following) if following and data.get(key) else None)
 
     async def cancel(self, batch_id: str) -> BatchInfo:
-        """Cancel what is still pending; what is done stays done (and billed)."""
-        data = await self.xai.call(
-            "POST", f"/batches/{quote(batch_id)}:cancel", idempotent=True, json={}
-        )
+        """Cancel what is still pending; what is done stays done (and billed), and requests
+        already running may still finish, and be billed, while the cancel spreads."""
+        data = await self._call("POST", f"/batches/{quote(batch_id)}:cancel", idempotent=True)
         return (
             parse_batch(data)
             if isinstance(data, dict) and data.get("batch_id")

@@ -56,8 +56,8 @@ class RateLimited(XaiError):
 
 
 class CreditExhausted(XaiError):
-    """Out of prepaid credit, over the monthly spending limit, or no credit or licence at all:
-    stop the run at once."""
+    """Out of prepaid credit, over the monthly spending limit, or no credit or licence at all
+    (402, or xAI's own words for it): stop the run at once."""
 
     exit_code = ExitCode.BREAKER
 
@@ -123,8 +123,15 @@ RETRYABLE_READ = (NotSent, ServerError, Timeout, Dropped)
 # A 5xx slower than this may have come after the model did the work.
 FAST_5XX_S = 10.0
 
-# "Out of money" in every wording seen: credits, billing, payment, licences; 402 too.
-_CREDIT = re.compile(r"credit|billing|payment|licen[cs]e|spending limit", re.IGNORECASE)
+# "Out of credit" as xAI words it (design section 6): 403 since mid-2026, 429 before. Only these
+# phrases, never a word such as "credit" or "billing" anywhere in a message: a schema property
+# called `credit_points` must not stop a run as if the account were empty.
+_CREDIT = (
+    "used all available credits",
+    "reached its monthly spending limit",
+    "doesn't have any credits or licenses",
+    "does not have any credits or licenses",
+)
 _AUTH = (
     "incorrect api key",
     "invalid api key",
@@ -171,9 +178,22 @@ def classify(
             detail = detail.get("message")
         message = str(detail or "")
     message = redact(message or text_excerpt(response) or response.reason_phrase, secrets)
-    text = f"xAI HTTP {status}: {message}"
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    return classify_message(message, status, retry_after=retry_after, elapsed_s=elapsed_s)
+
+
+def classify_message(
+    message: str,
+    status: int | None,
+    *,
+    retry_after: float | None = None,
+    elapsed_s: float = 0.0,
+) -> XaiError:
+    """The error class for xAI's words, by the message first and the status second; `status`
+    None for an error with no HTTP status (a failed request inside a batch)."""
+    text = f"xAI HTTP {status}: {message}" if status is not None else f"xAI: {message}"
     lowered = message.lower()
-    if status == 402 or _CREDIT.search(message):
+    if status == 402 or any(phrase in lowered for phrase in _CREDIT):
         return CreditExhausted(text, status)
     if any(fragment in lowered for fragment in _AUTH) or status == 401:
         return AuthFailed(text, status)
@@ -187,7 +207,6 @@ def classify(
         return PromptTooLong(text, status)
     if status == 429 or any(fragment in lowered for fragment in _RATE):
         window = _WINDOW.search(message)
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
         return RateLimited(
             text, status, retry_after, window[1].lower() if window else None, limit_claim(message)
         )
@@ -197,7 +216,7 @@ def classify(
         return ModelUnavailable(text, status) if "model" in lowered else BadRequest(text, status)
     if status == 408:
         return Timeout(text, status)
-    if status >= 500:
+    if status is not None and status >= 500:
         if elapsed_s > FAST_5XX_S:
             return Dropped(f"{text} (after {elapsed_s:.0f} s: it may have been billed)", status)
         return ServerError(text, status)
