@@ -4,7 +4,9 @@ billed against what reached the store, requests added twice, units left leased."
 
 from __future__ import annotations
 
+import heapq
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,9 @@ def test_2000_units_through_one_batch_every_unit_once_billed_at_the_batch_price(
     assert figures["billed_usd"] == figures["tracked_usd"] == figures["spent_usd"]
     assert figures["spent_ticks"] == stats.billed_ticks
     assert stats.billed_ticks == pytest.approx(stats.live_ticks * 0.8, rel=1e-6)
-    assert stats.add_calls <= batch_ready // 100 + 2  # chunks, not one call per unit
+    # Chunks of up to 100, not a call per unit (smaller ones while the first drift check is
+    # awaited: at most 200 requests are outstanding until then).
+    assert stats.add_calls <= batch_ready // 50
     [record] = batch_runs()
     assert record["id"] == "batch_sim_0001" and record["open"] is False
 
@@ -71,54 +75,21 @@ def test_per_request_errors_become_unit_failures_with_their_reason(
     assert figures["spent_ticks"] == xai_server.batch.stats.billed_ticks  # errors cost nothing
 
 
-def test_a_drift_halt_cancels_the_batch_and_writes_what_was_collected(
-    project: Path, xai_server: XaiSimulator
-) -> None:
-    # pricing.toml says batch output is $1.00/M; xAI bills $2.00: tracked is far under billed.
-    refresh_pricing_dates(project / "pricing.toml")
-    set_price(project / "pricing.toml", "grok-4.3", "batch_output", "1.00")
-    eligible = prepare_units(project, 2000)
-    write_receipt(project, batch=BATCH_OK, approved_ticks=10**12)
-    xai_server.scenario.batch.delay_s = 5000  # results over 2.5-7.5 s: most pending at a halt
-    code, _, err = knrun("go", "--batch")
-    assert code == 5, err
-    assert "drift" in err.lower()
-    stats = xai_server.batch.stats
-    assert stats.cancel_calls == 1
-    [batch] = xai_server.batch.batches.values()
-    assert batch.count("pending") == 0 and batch.count("cancelled") > eligible // 2
-    figures = status()
-    # Every result xAI produced (and billed) is in the store; nothing else was bought.
-    assert figures["done"] + figures["failed"] == stats.processed + stats.errors
-    assert figures["spent_ticks"] == stats.billed_ticks
-    assert figures["leased"] == 0  # the cancelled units are free for the next run
-    assert batch_runs()[-1]["open"] is False
-
-
 def test_a_batch_xai_cancels_is_reported_in_its_words_and_what_ran_is_kept(
     batch_ready: int, xai_server: XaiSimulator
 ) -> None:
+    """xAI cancels the batch itself after 300 results; the requests already running when the
+    cancel spreads still finish, and are billed: every one of them is written, the rest go
+    back to the pool."""
     xai_server.scenario.batch.xai_cancels_after = 300
     code, _, err = knrun("go", "--batch")
     assert code == 3, err
     assert "the team's batch quota was exceeded" in err
     figures = status()
-    assert figures["done"] == xai_server.batch.stats.processed == 300
-    assert figures["spent_ticks"] == xai_server.batch.stats.billed_ticks
-    assert figures["leased"] == 0 and figures["remaining"] == batch_ready - 300
-
-
-def test_the_spend_cap_bounds_what_is_submitted(batch_ready: int, xai_server: XaiSimulator) -> None:
-    code, _, err = knrun("go", "--batch", "--max-spend", "1")
-    assert code == 4, err
     stats = xai_server.batch.stats
-    figures = status()
-    # Each unit submitted counts at its worst case (twice the estimate) until its result is
-    # in: the cap of $1 bounds what xAI can bill, never what knrun hopes it will.
-    assert stats.billed_ticks <= 10**10
-    assert 0 < stats.added < batch_ready
+    assert figures["done"] == stats.processed >= 300
     assert figures["spent_ticks"] == stats.billed_ticks
-    assert figures["done"] == stats.processed
+    assert figures["leased"] == 0 and figures["remaining"] == batch_ready - stats.processed
 
 
 def test_go_batch_needs_a_batch_canary_in_the_receipt(
@@ -183,22 +154,89 @@ def test_preflight_batch_measures_the_discount_and_go_batch_runs_on_its_receipt(
     assert xai_server.batch.stats.duplicates == 0
 
 
+def run_now(sim: XaiSimulator, count: int) -> None:
+    """The first `count` requests added are due at once (the others keep their time)."""
+    for batch in sim.batch.batches.values():
+        for entry in batch.added[:count]:
+            entry.due = min(entry.due, sim.now())
+        batch.queue = [(entry.due, entry.seq, entry) for _, _, entry in batch.queue]
+        heapq.heapify(batch.queue)
+
+
 def test_batch_list_and_cancel_for_the_operator(batch_ready: int, xai_server: XaiSimulator) -> None:
-    xai_server.scenario.batch.delay_s = 10**6  # nothing finishes
+    """`knrun batch cancel` cancels at xAI, then collects: what ran before the cancel reached
+    it is written (it was billed), and only the units xAI lists as cancelled go back."""
+    xai_server.scenario.batch.delay_s = 10**6  # nothing finishes on its own
     xai_server.scenario.batch.add_latency_s = 0
-    # Submit everything and leave: the batch stays open at xAI, its units leased to it.
+    # Submit what the guards allow before any result is back, and leave.
     code, out, err = knrun("go", "--batch", "--no-wait")
     assert code == 0, err
-    assert "pending at xAI" in out + err
+    submitted = xai_server.batch.stats.added
+    assert "knrun batch collect" in out + err and 0 < submitted < batch_ready
     code, out, err = knrun("batch", "list")
     assert code == 0, err
-    assert "batch_sim_0001" in out and "open" in out and f"{batch_ready:,} pending" in out
-    assert status()["leased"] == batch_ready
+    assert "batch_sim_0001" in out and "open" in out and f"{submitted:,} pending" in out
+    assert status()["leased"] == submitted
+    run_now(xai_server, 30)
     code, out, err = knrun("batch", "cancel", "batch_sim_0001")
+    assert code == 0, out + err
+    figures = status()
+    assert figures["done"] == xai_server.batch.stats.processed >= 30
+    assert figures["spent_ticks"] == xai_server.batch.stats.billed_ticks
+    assert figures["leased"] == 0 and figures["open_batches"] == []
+    code, out, err = knrun("batch", "list")
+    assert "closed" in out and "open" not in out.replace("closed", "")
+
+
+def test_a_cancel_that_spreads_slowly_loses_nothing_it_bills(
+    batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    """The cancel reaches xAI's workers only after a while; 20 requests start meanwhile and
+    are billed. `knrun batch cancel` keeps collecting until xAI lists nothing pending: those
+    20 are written, and only the units whose requests xAI lists as cancelled go back (it
+    once read the cancel reply's counters and gave every unit back)."""
+    xai_server.scenario.batch.delay_s = 10**6
+    xai_server.scenario.batch.cancel_spread_s = 1000  # 1 s real
+    code, _, err = knrun("go", "--batch", "--no-wait")
     assert code == 0, err
-    assert f"batch batch_sim_0001 cancelled; {batch_ready:,} units given back" in out, out
-    assert status()["leased"] == 0  # nothing ran: every unit is free again
-    assert xai_server.batch.stats.billed_ticks == 0
+    [batch] = xai_server.batch.batches.values()
+    for entry in batch.added[:20]:
+        entry.due = xai_server.now() + 0.3
+    batch.queue = [(entry.due, entry.seq, entry) for _, _, entry in batch.queue]
+    heapq.heapify(batch.queue)
+    code, out, err = knrun("batch", "cancel", batch.batch_id)
+    assert code == 0, out + err
+    stats = xai_server.batch.stats
+    assert stats.processed_after_cancel == stats.processed == 20
+    figures = status()
+    assert figures["done"] == 20 and figures["spent_ticks"] == stats.billed_ticks
+    assert figures["leased"] == 0 and figures["open_batches"] == []
+
+
+def test_collecting_needs_no_receipt(
+    project: Path, batch_ready: int, xai_server: XaiSimulator
+) -> None:
+    """A batch outlives its receipt (xAI takes up to 24 h): collecting buys nothing, so
+    neither `knrun batch collect` nor `go --batch` needs a fresh receipt to write its
+    results; adding more does."""
+    xai_server.scenario.batch.delay_s = 10**6
+    code, _, err = knrun("go", "--batch", "--no-wait")
+    assert code == 0, err
+    submitted = xai_server.batch.stats.added
+    stale = (datetime.now(UTC) - timedelta(hours=30)).isoformat(timespec="seconds")
+    write_receipt(project, batch=BATCH_OK, approved_ticks=10**12, created_at=stale)
+    run_now(xai_server, submitted // 2)
+    code, out, err = knrun("batch", "collect", "--max-wait", "0")
+    assert code == 0, out + err
+    assert status()["done"] == submitted // 2
+    assert status()["open_batches"]  # the rest is still at xAI
+    run_now(xai_server, submitted)
+    code, out, err = knrun("go", "--batch")
+    assert code == 2, out + err  # collected, but adding the rest needs a receipt
+    assert "knrun preflight" in err
+    figures = status()
+    assert figures["done"] == submitted and figures["open_batches"] == []
+    assert figures["leased"] == 0 and xai_server.batch.stats.added == submitted
 
 
 def test_credit_exhausted_when_adding_stops_the_run_in_xais_words_and_frees_the_units(
@@ -212,23 +250,6 @@ def test_credit_exhausted_when_adding_stops_the_run_in_xais_words_and_frees_the_
     assert figures["failed"] == 0 and figures["leased"] == 0  # never the units' fault
     assert xai_server.batch.stats.added == 0 and xai_server.batch.stats.billed_ticks == 0
     assert batch_runs()[-1]["open"] is False
-
-
-def test_every_reply_malformed_trips_the_failure_rate_guard_and_cancels_what_is_pending(
-    batch_ready: int, xai_server: XaiSimulator
-) -> None:
-    xai_server.scenario.faults.malformed_json = 1.0
-    xai_server.scenario.batch.delay_s = 5000  # results over 2.5-7.5 s: most pending at the trip
-    code, _, err = knrun("go", "--batch")
-    assert code == 6, err
-    stats = xai_server.batch.stats
-    assert stats.cancel_calls == 1
-    figures = status()
-    # What ran is paid for and recorded (failed, with its reason); the rest never ran.
-    assert figures["failed"] == stats.processed < batch_ready // 2
-    assert figures["failed_by_reason"] == {"invalid_json": stats.processed}
-    assert figures["spent_ticks"] == stats.billed_ticks
-    assert figures["leased"] == 0
 
 
 def test_preflights_batch_canary_never_adds_to_or_waits_for_an_open_batch(

@@ -65,6 +65,15 @@ def preflight(
             "bills it at pricing.toml's batch prices (waits for its batch to finish).",
         ),
     ] = False,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            "--max-wait",
+            min=0,
+            help="With --batch: minutes to wait for the canary's batch; then preflight fails "
+            "and the next `preflight --batch` waits for the same batch.",
+        ),
+    ] = 60.0,
 ) -> None:
     """The pre-run checklist: model current, prices true, estimate, balance, a real canary.
     Writes the receipt `knrun go` requires; any FAIL exits non-zero and writes none."""
@@ -90,7 +99,16 @@ def preflight(
 
     async def batch_canary_run(units: int, unit_ticks: int) -> CanaryFigures:
         price = table.price_for(ctx.job.model)
-        return await run_canary(ctx, price, units, unit_ticks, options.concurrency, batch=True)
+        return await run_canary(
+            ctx,
+            price,
+            units,
+            unit_ticks,
+            options.concurrency,
+            batch=True,
+            max_wait_s=max_wait * 60,
+            progress=lambda event: console.note(f"  {event.message}"),
+        )
 
     console.note(
         f"preflight: {ctx.job.name} v{ctx.job.version} on {ctx.job.model}, "

@@ -17,12 +17,15 @@ from knrun.cli.app import (
     parse_usd,
     run_async,
 )
+from knrun.cli.batch import collect
 from knrun.cli.session import RunCommand, finish, run_command
-from knrun.context import load_context, load_pricing_for
+from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import checklist, console
-from knrun.errors import InputError
+from knrun.errors import InputError, NotAuthorised
+from knrun.pricing import ModelPrice
+from knrun.run.batch import ops
 from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY
-from knrun.run.go import GoOptions, go_config
+from knrun.run.go import GoOptions, go_config, go_receipt
 from knrun.run.retry import RetryOptions, exhausted_units, retry_config
 
 MaxSpendOption = Annotated[
@@ -77,10 +80,20 @@ def go(
         bool,
         typer.Option(
             "--no-wait",
-            help="With --batch: end once every unit is submitted; a later `go --batch` "
-            "(from cron, say) collects the results.",
+            help="With --batch: end once what the guards allow now is submitted; `knrun batch "
+            "collect` (from cron, say) writes the results, a later `go --batch` adds the rest.",
         ),
     ] = False,
+    max_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--max-wait",
+            min=0,
+            help="With --batch: minutes to wait for xAI before leaving the batch open for "
+            "`knrun batch collect`. Default: until every result is in.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the job: every eligible unit, resumably, under the guards. Needs a passing
     `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
@@ -94,9 +107,12 @@ def go(
         lease_minutes=lease_minutes,
         batch=batch,
         no_wait=no_wait,
+        max_wait_s=None if max_wait is None else max_wait * 60,
     )
-    if no_wait and not batch:
-        raise InputError("--no-wait goes with --batch")
+    if (no_wait or max_wait is not None) and not batch:
+        raise InputError("--no-wait and --max-wait go with --batch")
+    if batch:
+        collect_first(ctx, price, options)
     config = run_async(go_config(ctx, price, options))
     if batch:
         price = price.for_batch()  # every cost of the run at the batch rate
@@ -107,6 +123,30 @@ def go(
         )
     command = RunCommand("go", ctx, price, config, live=console.is_terminal())
     finish(run_async(run_command(command)))
+
+
+def collect_first(ctx: Context, price: ModelPrice, options: GoOptions) -> None:
+    """`go --batch` collects before it adds, whatever its receipt says (collecting buys
+    nothing): every open batch of this version when the receipt is not valid, else those it
+    will not resume itself (a canary's left open). Without a receipt it ends there."""
+    try:
+        go_receipt(ctx, price, options)
+        refused = None
+    except NotAuthorised as exc:
+        refused = exc
+    batches = [b for b in run_async(ops.open_here(ctx)) if refused or b.made_for != "go"]
+    # --no-wait: what is done now, then leave; --max-wait: that long at most.
+    wait = 0.0 if options.no_wait else options.max_wait_s
+    if wait is not None:
+        wait /= 60
+    for launched in collect(ctx, price.for_batch(), batches, wait):
+        if launched.result.exit_code:
+            finish(launched)
+        console.note(f"run {launched.result.run_id}: {launched.result.reason}")
+    if refused is not None:
+        if batches:
+            raise NotAuthorised(f"open batches collected; adding more: {refused}")
+        raise refused
 
 
 @app.command("retry")

@@ -13,6 +13,7 @@ from knrun.display.live import run_display
 from knrun.errors import ExitCode, RunStopped
 from knrun.pricing import ModelPrice, format_usd
 from knrun.run.awake import keep_awake
+from knrun.run.batch.handle import BatchPlan
 from knrun.run.config import RunConfig
 from knrun.run.coordinator import Runner
 from knrun.run.events import Event, EventSink
@@ -28,6 +29,7 @@ class RunCommand:
     price: ModelPrice
     config: RunConfig
     live: bool  # a live panel (terminal) or plain lines (cron, pipes)
+    batch: BatchPlan | None = None  # a collecting run's batch
 
 
 async def run_command(command: RunCommand, *, extra_events: EventSink | None = None) -> Launched:
@@ -56,6 +58,7 @@ async def run_command(command: RunCommand, *, extra_events: EventSink | None = N
                     events=events,
                     on_runner=on_runner,
                     run_id=run_id,
+                    batch=command.batch,
                 ),
             )
         finally:

@@ -76,8 +76,14 @@ def _prices_true(step: Step) -> Words:
 def _estimate(step: Step) -> Words:
     estimate: Estimate = step.figures["estimate"]
     price = step.figures["price"]
+    in_batches = (
+        f"; {estimate.in_batches:,} more are in open batches at xAI (`knrun batch collect` "
+        "writes their results)"
+        if estimate.in_batches
+        else ""
+    )
     if estimate.remaining == 0:
-        return Words("0 units remain at this version: nothing to run")
+        return Words(f"0 units remain at this version: nothing to run{in_batches}")
     batch = (
         f"; batch {format_usd(estimate.batch_total_ticks, 2)}"
         if estimate.batch_total_ticks is not None
@@ -90,7 +96,7 @@ def _estimate(step: Step) -> Words:
     )
     return Words(
         f"{estimate.remaining:,} units x {format_usd(estimate.unit_ticks, 6)} = "
-        f"{format_usd(estimate.total_ticks, 2)} standard{batch}",
+        f"{format_usd(estimate.total_ticks, 2)} standard{batch}{in_batches}",
         details=[
             f"input {estimate.input_tokens:,.0f} tokens/unit (rendered {sampled} prompts); "
             f"output {estimate.output_tokens:,.0f} tokens/unit ({estimate.output_source})",
@@ -185,6 +191,13 @@ def _problem(finding: Finding, step_figures: dict[str, Any] | None = None) -> st
             return (
                 f"xAI billed the batch at {f['measured']:.1%} off, pricing.toml says "
                 f"{f['listed']:.1%}: fix batch_input and batch_output"
+            )
+        case "batch_pending":
+            return (
+                f"{f['pending']} requests of the canary's batch {f['batch_id']} are still "
+                "pending at xAI (the Batch API promises results within 24 h): run `knrun "
+                "preflight --batch` again later; it waits for this same batch and buys nothing "
+                "twice"
             )
         case "canary_empty":
             return "no unit ran"

@@ -44,6 +44,10 @@ NOTABLE = {
     "batch_cancelled",
     "batch_cancel_failed",
     "batch_add_unknown",
+    "batch_add_again",
+    "batch_progress",
+    "batch_wait",
+    "batch_left_open",
 }
 PLAIN_EVERY_S = 10.0
 

@@ -123,7 +123,7 @@ def _run_rows(report: dict[str, Any]) -> list[Row]:
             (
                 "open batch",
                 batch["batch_id"],
-                f"v{batch['version']}, left by run {batch['run_id']}: `knrun go --batch` "
+                f"v{batch['version']}, left by run {batch['run_id']}: `{batch['collect_with']}` "
                 "collects it, `knrun batch list` shows it",
             )
         )

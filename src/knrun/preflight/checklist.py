@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -191,14 +191,16 @@ class Preflight:
 
     async def _estimate(self, store: SqlUnitStore, price: ModelPrice) -> estimates.Estimate:
         progress = await store.progress()
-        return estimates.build(
+        estimate = estimates.build(
             job=self.job,
             price=price,
             pricing=self.pricing,
-            remaining=progress.remaining,
+            # Units already in open batches are bought: `knrun batch collect` writes them.
+            remaining=progress.remaining - progress.in_batches,
             sample=await store.sample_remaining(self.options.sample),
             output=estimates.output_tokens(self.job, progress),
         )
+        return replace(estimate, in_batches=progress.in_batches)
 
     async def _balance(self, xai: XaiClient) -> Balance:
         if not xai.has_management_key:

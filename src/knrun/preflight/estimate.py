@@ -38,6 +38,7 @@ class Estimate:
     total_ticks: int
     batch_total_ticks: int | None
     models: list[ModelCost]  # the same corpus on every priced model, cheapest first
+    in_batches: int = 0  # not counted in `remaining`: already in open batches at xAI
 
     @property
     def total_input_tokens(self) -> int:

@@ -55,6 +55,8 @@ class CanaryFigures:
     reason: str
     unbilled_replies: int = 0  # replies without cost_in_usd_ticks: their price is unproven
     possibly_billed: int = 0  # requests that timed out or were dropped after sending
+    pending: int = 0  # a batch canary's requests still at xAI when it stopped waiting
+    batch_id: str | None = None  # a batch canary's batch
 
 
 def model_current(
@@ -205,6 +207,9 @@ def batch_canary_step(
         problems.append(
             Finding("batch_refused" if refused else "canary_stopped", {"reason": figures.reason})
         )
+    if figures.pending:
+        pending = {"batch_id": figures.batch_id, "pending": figures.pending}
+        return Step(6, title, False, data, [Finding("batch_pending", pending)])
     n = figures.units
     if n == 0:
         return Step(6, title, False, data, problems or [Finding("canary_empty")])

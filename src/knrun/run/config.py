@@ -76,6 +76,11 @@ class RunConfig:
     batch: bool = False
     batch_poll_s: float = 30.0
     batch_no_wait: bool = False  # submit everything, then leave the batch to xAI
+    # How long a batch run waits for xAI (None: until the batch is done); then it leaves the
+    # batch open for `knrun batch collect`. Seconds, like the poll.
+    batch_max_wait_s: float | None = None
+    # After a guard cancels a batch: how long to keep collecting while the cancel spreads.
+    batch_cancel_wait_s: float = 900.0
     # Against the simulator only: one of its seconds lasts this many real ones, and pacing
     # keeps time in its seconds (`knrun demo`, tests, benchmarks).
     time_scale: float = field(default_factory=lambda: sim_time_scale())

@@ -22,19 +22,20 @@ from knrun.errors import ExitCode, StoreError
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice
 from knrun.run import judge
-from knrun.run.batch import BATCH_LEASE_S, BatchEngine, BatchHandle, batch_owner
+from knrun.run.batch.engine import BatchEngine, OnBatch
+from knrun.run.batch.handle import BatchHandle, BatchPlan
 from knrun.run.claimer import Claimer
 from knrun.run.config import RunConfig, RunResult
 from knrun.run.control import Control
 from knrun.run.engine import LiveEngine
 from knrun.run.events import Event, EventSink, RunState, discard
 from knrun.run.ledger import BalanceReader, Ledger, OthersReader
-from knrun.run.pacing import AdaptivePacing, scaled_sleep
+from knrun.run.pacing import AdaptivePacing, scaled_clock, scaled_sleep
 from knrun.run.writer import Writer
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import UnitFailure
-from knrun.xai import XaiClient
+from knrun.xai import XaiClient, XaiError
 from knrun.xai.batch import BatchApi
 
 __all__ = ["BalanceReader", "OthersReader", "RunConfig", "RunResult", "Runner"]
@@ -59,12 +60,11 @@ class Runner:
         events: EventSink = discard,
         balance: BalanceReader | None = None,
         others: OthersReader | None = None,
-        batch: BatchHandle | None = None,
+        batch: BatchPlan | None = None,
+        on_batch: OnBatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job, self.store, self.config = job, store, config
-        # A batch run's units are leased to its batch, for as long as xAI keeps the results.
-        owner = owner if batch is None else batch_owner(batch.batch_id)
         self.run_id, self.owner, self.emit = run_id, owner, events
         self.state = RunState(
             run_id=run_id,
@@ -74,10 +74,14 @@ class Runner:
             estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
         )
         # In-flight requests may finish for a request timeout after a stop: cut sooner, xAI
-        # would bill requests whose replies nobody reads.
-        self.control = Control(self.state, events, config.grace_s or job.timeout_s + 30.0)
+        # would bill requests whose replies nobody reads. A batch's wind-down (a cancel
+        # spreading, its last results) gets as long as it is allowed.
+        grace = config.grace_s or job.timeout_s + 30.0
+        if batch is not None:
+            grace = max(grace, config.batch_cancel_wait_s * config.time_scale + 60.0)
+        self.control = Control(self.state, events, grace)
         # A claimed unit's lease must outlast its work: at least a request timeout and more.
-        lease_s = max(config.lease_s, job.timeout_s * 1.2) if batch is None else BATCH_LEASE_S
+        lease_s = max(config.lease_s, job.timeout_s * 1.2)
         self.ledger = Ledger(
             job=job,
             price=price,
@@ -116,7 +120,7 @@ class Runner:
         self.engine: LiveEngine | BatchEngine = (
             self._live_engine(job, price, xai, lease_s, clock)
             if batch is None
-            else self._batch_engine(job, price, xai, batch)
+            else self._batch_engine(job, price, xai, batch, on_batch)
         )
 
     def _pacing(self, job: JobSpec, price: ModelPrice) -> AdaptivePacing:
@@ -160,13 +164,27 @@ class Runner:
         )
 
     def _batch_engine(
-        self, job: JobSpec, price: ModelPrice, xai: XaiClient, batch: BatchHandle
+        self,
+        job: JobSpec,
+        price: ModelPrice,
+        xai: XaiClient,
+        plan: BatchPlan,
+        on_batch: OnBatch | None,
     ) -> BatchEngine:
+        sleep = scaled_sleep(self.config.time_scale)
+
+        def waited(what: str, problem: XaiError, seconds: float) -> None:
+            self.state.batch_waits += 1
+            self.emit(Event("batch_wait", f"{what}: {problem}; again in {seconds:.0f} s"))
+
+        async def recorded(_: BatchHandle) -> None:
+            """No runs table to name the batch in (a test's runner)."""
+
         return BatchEngine(
             job=job,
             price=price,
-            api=BatchApi(xai),
-            handle=batch,
+            api=BatchApi(xai, sleep=sleep, on_wait=waited),
+            plan=plan,
             store=self.store,
             config=self.config,
             state=self.state,
@@ -174,7 +192,10 @@ class Runner:
             ledger=self.ledger,
             record=self.record,
             run_id=self.run_id,
-            sleep=scaled_sleep(self.config.time_scale),
+            run_owner=self.owner,
+            clock=scaled_clock(self.config.time_scale),
+            sleep=sleep,
+            on_batch=on_batch or recorded,
         )
 
     # -- control ----------------------------------------------------------------------------------
@@ -210,21 +231,24 @@ class Runner:
         await self.ledger.start()
         await self.engine.prepare()
         writer = asyncio.create_task(self.writer.run())
-        claimer = asyncio.create_task(self.claimer.run(self.config.workers))
-        heartbeat = asyncio.create_task(self.claimer.heartbeat())
+        tasks = [asyncio.create_task(self.claimer.heartbeat())]
+        if self.engine.claims() and not self.control.stopping:
+            tasks.append(asyncio.create_task(self.claimer.run(self.config.workers)))
         self.control.workers = self.engine.start(self.claimer)
         try:
             await asyncio.gather(*self.control.workers, return_exceptions=True)
         finally:
-            for task in (claimer, heartbeat):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.ledger.finish()
             self.writer.close()  # the writer flushes what is left, then ends
             await writer
-            if not self.engine.keeps_leases():  # a batch still running keeps its units
-                await self.writer.release_leases(self.owner)
+            await self.engine.finish(self.state.write_backlog)
+            # The run's own leases: units claimed and never sent (a batch's units are leased
+            # to the batch, which gives them back itself).
+            await self.writer.release_leases(self.owner)
         return await self._result()
 
     async def record(self, judged: judge.Judged) -> None:
@@ -276,6 +300,8 @@ class Runner:
     async def _all_processed(self) -> str:
         """A run that ends on its own must have taken every unit it could: one that was given
         back, or whose claim was lost, makes the run end non-zero so nobody takes it for done."""
+        if isinstance(self.engine, BatchEngine) and not self.engine.plan.submit:
+            return self.engine.collected()
         if self.config.failed_only or self.config.max_units is not None:
             return "all eligible units processed"
         try:

@@ -70,9 +70,12 @@ class LiveEngine:
     async def prepare(self) -> None:
         """Nothing to do before the claimer starts."""
 
-    def keeps_leases(self) -> bool:
-        """Whether the run's leases outlive it (a live run's go back when it ends)."""
-        return False
+    def claims(self) -> bool:
+        """The live engine always takes units from the claimer."""
+        return True
+
+    async def finish(self, backlog: int) -> None:
+        """Nothing outlives a live run (its leases go back with the run's own)."""
 
     def start(self, claimer: Claimer) -> list[asyncio.Task[None]]:
         """One task per unit that may be in flight; the pacing decides how many are."""

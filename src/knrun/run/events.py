@@ -66,6 +66,7 @@ class RunState:
     stopping: str | None = None  # why the run is winding down
     batch: dict[str, Any] | None = None  # a batch run's counters, as xAI last reported them
     batch_pages: int = 0  # result pages read
+    batch_waits: int = 0  # Batch API calls waited out (429s, passing trouble)
 
     @property
     def share_429(self) -> float:

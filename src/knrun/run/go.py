@@ -22,11 +22,11 @@ class GoOptions:
     lease_minutes: float = 15.0
     batch: bool = False  # the Batch API as the engine (`go --batch`)
     no_wait: bool = False  # a batch run ends once everything is submitted
+    max_wait_s: float | None = None  # a batch run waits this long for xAI at most
 
 
-async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig:
-    """The run's configuration, or NotAuthorised without a valid receipt, or RunStopped (exit
-    4) when the approved spend is used up."""
+def go_receipt(ctx: Context, price: ModelPrice, options: GoOptions) -> Receipt:
+    """The receipt that authorises this run, or NotAuthorised saying why not."""
     receipt = load_valid_receipt(STATE_DIR, ctx.job, price)
     if options.batch:
         price.for_batch()  # a ConfigError when pricing.toml has no batch prices for the model
@@ -36,6 +36,15 @@ async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunC
                 "`knrun preflight --batch` (it checks that the Batch API takes the model and "
                 "bills it at pricing.toml's batch prices)"
             )
+    return receipt
+
+
+async def go_config(
+    ctx: Context, price: ModelPrice, options: GoOptions, receipt: Receipt | None = None
+) -> RunConfig:
+    """The run's configuration, or NotAuthorised without a valid receipt, or RunStopped (exit
+    4) when the approved spend is used up."""
+    receipt = receipt or go_receipt(ctx, price, options)
     cap = options.max_spend_ticks or await approved_left(ctx, receipt)
     if cap <= 0:
         raise RunStopped(
@@ -61,6 +70,7 @@ async def go_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunC
         balance_slack_ticks=int(receipt.canary.get("billed_ticks") or 0) + BALANCE_SLACK_TICKS,
         batch=options.batch,
         batch_no_wait=options.no_wait,
+        batch_max_wait_s=options.max_wait_s,
     )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.errors import NotAuthorised, StoreUnusable
 from knrun.pricing import ModelPrice
-from knrun.run.batch_runs import attach_batch
+from knrun.run.batch.handle import BatchHandle, BatchPlan
+from knrun.run.batch.runs import plan_for
 from knrun.run.coordinator import BalanceReader, OthersReader, RunConfig, Runner, RunResult
 from knrun.run.events import Event, EventSink
 from knrun.run.files import fit_open_files
@@ -25,7 +26,6 @@ from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import RunRecord
 from knrun.xai import XaiClient, XaiError
-from knrun.xai.batch import BatchApi
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Launch:
     events: EventSink
     on_runner: Callable[[Runner], None] | None = None  # the CLI hooks signals and display here
     run_id: str | None = None
+    batch: BatchPlan | None = None  # a collecting run's batch (go and canary plan their own)
 
 
 @dataclass
@@ -83,13 +84,17 @@ async def _launch(
     run_id = request.run_id or new_run_id()
     owner = identity.owner(run_id)
     record = _new_record(ctx, request, run_id, owner, total)
-    batch = None
-    if config.batch:
-        batch = await attach_batch(
-            store, BatchApi(xai), job, run_id, request.events, reuse=request.kind == "go"
-        )
-        record.detail["batch"] = {"id": batch.batch_id, "open": True}
-    # Before any request goes out (for a batch: before any is added), so a crash leaves a trace.
+    plan = request.batch
+    if config.batch and plan is None:
+        plan = await plan_for(store, job, "canary" if request.kind == "canary" else "go", run_id)
+
+    async def on_batch(handle: BatchHandle) -> None:
+        """The batch is named in the runs table before a single request is added to it."""
+        assert plan is not None
+        record.detail["batch"] = {"id": handle.batch_id, "open": True, "for": plan.made_for}
+        await store.record_run(record)
+
+    # Before any request goes out, so a crash leaves a trace.
     await store.record_run(record)
     runner = Runner(
         job=job,
@@ -104,7 +109,8 @@ async def _launch(
         events=request.events,
         balance=await _balance_reader(ctx, xai, request.events),
         others=others_reader(store, record),
-        batch=batch,
+        batch=plan,
+        on_batch=on_batch,
     )
     if request.on_runner is not None:
         request.on_runner(runner)
@@ -276,11 +282,13 @@ def _fill(record: RunRecord, runner: Runner, result: RunResult | None = None) ->
         "peak_in_flight": state.peak_in_flight,
     }
     record.detail["money"] = vars(state.money).copy()
-    if state.batch is not None:
+    handle = getattr(runner.engine, "handle", None)
+    if isinstance(handle, BatchHandle):
         record.detail["batch"] = {
-            **state.batch,
-            "id": state.batch["batch_id"],
-            "open": runner.engine.keeps_leases(),
+            **(state.batch or {}),
+            **record.detail.get("batch", {}),
+            "id": handle.batch_id,
+            "open": not handle.closed,
         }
     if result is not None:
         record.state = "finished"

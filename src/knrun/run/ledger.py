@@ -56,6 +56,9 @@ class Ledger:
         self._balance_at_start: int | None = None
         self._balance_check: asyncio.Task[None] | None = None
         self._next_unbilled_check = 0  # replies: while bills are missing, the balance decides
+        # A drift check has passed over a full interval of this run's units: the prices are
+        # true (a batch adds its bulk only after that).
+        self.verified = False
 
     async def start(self) -> None:
         if self._balance is not None:
@@ -237,3 +240,5 @@ class Ledger:
         )
         if problems:
             self.control.request_stop("cost drift: " + "; ".join(problems), ExitCode.DRIFT)
+        elif reading.units >= self.drift.every:
+            self.verified = True

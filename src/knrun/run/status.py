@@ -13,7 +13,7 @@ from knrun.context import Context
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
 from knrun.run import spool_ops
-from knrun.run.batch_runs import batches_of
+from knrun.run.batch.runs import batches_of
 from knrun.store.types import Progress, RunRecord
 
 LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence past this = dead
@@ -71,7 +71,7 @@ def status_report(
     per_unit = progress.done_cost_ticks // progress.done if progress.done else None
     money = progress.money
     summaries = [run_summary(run, now) for run in runs or [] if run.version == job.version]
-    working = [s for s in summaries if s["kind"] in ("go", "retry", "canary")]
+    working = [s for s in summaries if s["kind"] in ("go", "retry", "canary", "collect")]
     current = [s for s in working if s["state"] in ("running", "stale")]
     dead = [s["run_id"] for s in working if s["state"] == "dead"]
     last = next((s for s in working if s["rate_per_min"]), None)
@@ -142,6 +142,15 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
     )
     # Batches a run left open at xAI: their units stay leased to them until collected.
     report["open_batches"] = [
-        {"batch_id": b.batch_id, "version": b.version, "run_id": b.run_id} for b in batches
+        {
+            "batch_id": b.batch_id,
+            "version": b.version,
+            "run_id": b.run_id,
+            "for": b.made_for,
+            "collect_with": "knrun batch collect"
+            if b.version == ctx.job.version
+            else f"knrun batch collect (with the job at version {b.version})",
+        }
+        for b in batches
     ]
     return report

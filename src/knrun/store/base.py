@@ -267,6 +267,19 @@ class SqlUnitStore(RunRecords, ABC):
         [rows] = await self.execute([counted], idempotent=True)
         return len(rows)
 
+    async def transfer(
+        self, unit_ids: Sequence[Any], owner: str, new_owner: str, lease_s: float
+    ) -> list[Any]:
+        """Move leases from `owner` to `new_owner` for `lease_s`; returns the ids moved (a unit
+        whose lease `owner` lost meanwhile is not among them). Idempotent: a retry returns what
+        `new_owner` holds of these ids."""
+        if not unit_ids:
+            return []
+        expires = self._clock() + lease_s
+        moved = self.sql.transfer(unit_ids, owner, new_owner, expires)
+        [rows] = await self.execute([moved], idempotent=True)
+        return [id_from_row(row[ID_TEXT], row[ID_TYPE]) for row in rows]
+
     async def release_prefix(self, owner_prefix: str, keep: Sequence[str] = ()) -> int:
         statement = self.sql.release_prefix(owner_prefix, keep)
         counted = Statement(statement.sql + " RETURNING 1 AS released", statement.params)

@@ -46,6 +46,7 @@ class RunRecords:
             failed=int(figures["failed"]),
             remaining=int(figures["remaining"]),
             leased=int(figures["leased"]),
+            in_batches=int(figures["in_batches"]),
             retry_exhausted=int(figures["retry_exhausted"]),
             done_cost_ticks=int(figures["done_cost"]),
             avg_input_tokens=_optional_float(figures["avg_input"]),

@@ -190,7 +190,8 @@ class RunsSql:
             params.append(kind)
         return Statement(
             f"SELECT {', '.join(_RUN_COLUMNS)} FROM {RUNS_TABLE} WHERE {where} "
-            "ORDER BY started_at DESC LIMIT ?",
+            # Newest first; runs started in the same second, in the order they were recorded.
+            "ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (*params, limit),
         )
 

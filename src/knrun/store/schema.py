@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 RUNS_TABLE = "knrun_runs"
+# Units added to an xAI batch are leased to the batch itself: "batch:<batch id>".
+BATCH_OWNER_PREFIX = "batch:"
 POSITION = "knrun_position"  # the claimed row's rowid, as a claim returns it
 ID_TEXT, ID_TYPE = "knrun_id_text", "knrun_id_type"  # the claimed row's id, exactly
 # D1 answers in JSON from JavaScript: an integer past 2^53 comes back rounded, and one bound as

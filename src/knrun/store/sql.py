@@ -11,6 +11,7 @@ from typing import Any
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
 from knrun.store.schema import (
+    BATCH_OWNER_PREFIX,
     BOOKKEEPING_COLUMNS,
     ID_TEXT,
     ID_TYPE,
@@ -316,6 +317,21 @@ class UnitSql:
         sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
         return Statement(sql, (owner, json.dumps(list(unit_ids))))
 
+    def transfer(
+        self, unit_ids: Sequence[Any], owner: str, new_owner: str, expires: float
+    ) -> Statement:
+        """Hand these units' leases from `owner` to `new_owner` (a batch, before they are added
+        to it); returns the ids `new_owner` now holds of them. Applying it twice changes
+        nothing more, so a request whose reply was lost can be sent again."""
+        c = self.col
+        return Statement(
+            f"UPDATE {self.table} SET {c['lease_owner']} = ?, {c['lease_expires']} = ? "
+            f"WHERE {c['lease_owner']} IN (?, ?) "
+            f"AND {self.id} IN (SELECT value FROM json_each(?)) "
+            f"RETURNING CAST({self.id} AS TEXT) AS {ID_TEXT}, typeof({self.id}) AS {ID_TYPE}",
+            (new_owner, expires, owner, new_owner, json.dumps([id_param(i) for i in unit_ids])),
+        )
+
     def release_prefix(self, owner_prefix: str, keep: Sequence[str] = ()) -> Statement:
         """Drop leases whose owner starts with `owner_prefix`, but those of the owners in
         `keep` (runs that are alive)."""
@@ -345,6 +361,8 @@ class UnitSql:
             f"COALESCE(SUM(CASE WHEN {remaining} THEN 1 ELSE 0 END), 0) AS remaining, "
             f"COALESCE(SUM(CASE WHEN {remaining} AND {c['lease_owner']} IS NOT NULL "
             f"AND {c['lease_expires']} > ? THEN 1 ELSE 0 END), 0) AS leased, "
+            f"COALESCE(SUM(CASE WHEN {remaining} AND substr({c['lease_owner']}, 1, ?) = ? "
+            f"AND {c['lease_expires']} > ? THEN 1 ELSE 0 END), 0) AS in_batches, "
             f"COALESCE(SUM(CASE WHEN {exhausted} THEN 1 ELSE 0 END), 0) AS retry_exhausted, "
             f"COALESCE(SUM(CASE WHEN {done} THEN {c['cost_ticks']} ELSE 0 END), 0) AS done_cost, "
             f"AVG(CASE WHEN {done} THEN {c['input_tokens']} END) AS avg_input, "
@@ -352,7 +370,8 @@ class UnitSql:
             f"MAX(CASE WHEN {done} THEN {c['processed_at']} END) AS last_processed "
             f"FROM {self.table} WHERE ({self.job.source.where})"
         )
-        params: list[Any] = [v, v, v, v, v, v, v, now]
+        prefix = BATCH_OWNER_PREFIX
+        params: list[Any] = [v, v, v, v, v, v, v, now, v, v, len(prefix), prefix, now]
         if max_attempts > 0:
             params += [v, v, max_attempts]
         params += [v, v, v, v]

@@ -105,6 +105,7 @@ class Progress:
     last_processed_at: str | None
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     money: Money = field(default_factory=lambda: Money())
+    in_batches: int = 0  # remaining units leased to an xAI batch (submitted, no result yet)
 
 
 @dataclass
