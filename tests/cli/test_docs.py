@@ -7,7 +7,7 @@ import re
 import typer
 from typer.testing import CliRunner
 
-from conftest import EXAMPLE_JOB, EXAMPLES, ROOT
+from conftest import EXAMPLE_JOB, ROOT
 from knrun.cli import app
 from knrun.config import Settings
 
@@ -45,10 +45,6 @@ def test_env_example_lists_exactly_the_settings_keys() -> None:
         expected.add(str(names[0]))  # the first name is the documented one; others are aliases
     assert documented == expected
     assert "GROK_API_KEY" in example  # the alias is mentioned, not given its own line
-
-
-def test_the_repository_env_example_is_the_one_knrun_init_writes() -> None:
-    assert (ROOT / ".env.example").read_bytes() == (EXAMPLES / "env.example").read_bytes()
 
 
 def test_readme_and_ci_use_the_same_test_command() -> None:
