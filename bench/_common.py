@@ -33,9 +33,8 @@ from knrun.store.limiter import RequestLimiter
 from knrun.xai import XaiClient
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "src" / "knrun" / "examples"
-JOB = EXAMPLES / "kn-1.6.toml"
-PRICING = EXAMPLES / "pricing.toml"
+JOB = ROOT / "prompts" / "kn-1.6.toml"  # the repository root is an operator's folder
+PRICING = ROOT / "pricing.toml"
 D1_LATENCY_S = 0.15  # a Cloudflare API round trip from Australia, per the field report
 D1_RATE_PER_S = 3.0
 

@@ -31,9 +31,11 @@ from knrun.store.limiter import RequestLimiter
 from workerd_d1 import RestConnection, WorkerdD1, node_available, serve_workerd_d1
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "src" / "knrun" / "examples"
-EXAMPLE_JOB = EXAMPLES / "kn-1.6.toml"
-EXAMPLE_PRICING = EXAMPLES / "pricing.toml"
+# The repository root is an operator's folder: the example job, prices and checklist live there,
+# once (the wheel carries them for `knrun init`).
+EXAMPLE_JOB = ROOT / "prompts" / "kn-1.6.toml"
+EXAMPLE_PRICING = ROOT / "pricing.toml"
+EXAMPLE_CHECKLIST = ROOT / "checklist.md"
 ENV_PREFIXES = ("XAI_", "GROK_", "CLOUDFLARE_", "D1_", "KNRUN_")
 
 
@@ -92,7 +94,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "prompts").mkdir()
     shutil.copy(EXAMPLE_JOB, tmp_path / "prompts" / EXAMPLE_JOB.name)
     shutil.copy(EXAMPLE_PRICING, tmp_path / "pricing.toml")
-    shutil.copy(EXAMPLES / "checklist.md", tmp_path / "checklist.md")
+    shutil.copy(EXAMPLE_CHECKLIST, tmp_path / "checklist.md")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -274,7 +276,7 @@ def units_file(tmp_path: Path) -> Path:
 
 
 def refresh_pricing_dates(path: Path) -> None:
-    """The repository's pricing.toml is months old; a run needs it verified today."""
+    """The shipped pricing.toml ages; a run needs it verified today."""
     today = datetime.now(UTC).date()
     path.write_text(re.sub(r"verified_at = \S+", f"verified_at = {today}", path.read_text()))
 

@@ -108,6 +108,17 @@ def check_prices(
     return result
 
 
+def stale_entries(
+    pricing: PricingTable, today: date, max_age_days: int = MAX_AGE_DAYS
+) -> dict[str, date]:
+    """The xAI models whose `verified_at` is older than `pricing check` allows, with that date."""
+    return {
+        name: price.verified_at
+        for name, price in sorted(pricing.models.items())
+        if price.provider == "xai" and (today - price.verified_at).days > max_age_days
+    }
+
+
 def _batch_note(price: ModelPrice) -> str:
     """The live list carries no batch prices: say so, rather than let a check look complete."""
     if not price.has_batch_prices:

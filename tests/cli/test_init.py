@@ -1,19 +1,22 @@
-"""`knrun init`: a working folder from the package's data, and nothing overwritten."""
+"""`knrun init`: a working folder of the operator's files, nothing overwritten, and a warning
+when the prices it ships are older than `pricing check` allows."""
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import subprocess
 import sys
-import tomllib
+from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from conftest import ROOT
+from conftest import EXAMPLE_PRICING, ROOT
 from knrun import examples
 from knrun.cli import app
+from knrun.pricecheck import MAX_AGE_DAYS
+from knrun.pricing import load_pricing
 
 runner = CliRunner()
 
@@ -36,6 +39,8 @@ def test_init_then_pricing_show_works_in_a_new_folder(tmp_path: Path) -> None:
     assert init.returncode == 0, init.stderr
     for target in examples.LAYOUT.values():
         assert (folder / target).is_file(), target
+    for path in examples.OPERATOR_FILES:  # a source tree writes the repository root's files
+        assert (folder / path).read_bytes() == (ROOT / path).read_bytes(), path
     show = subprocess.run(
         [sys.executable, "-m", "knrun", "pricing", "show"],
         capture_output=True,
@@ -66,12 +71,32 @@ def test_init_refuses_a_file_for_a_folder(tmp_path: Path) -> None:
     assert "not a folder" in result.stderr
 
 
-def test_every_file_init_writes_ships_in_the_package() -> None:
-    # An editable install reads src/; a wheel carries only the package-data globs.
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    globs = config["tool"]["setuptools"]["package-data"]["knrun"]
-    for name in examples.LAYOUT:
-        assert any(fnmatch.fnmatch(f"examples/{name}", g) for g in globs), name
+def verified_dates() -> list[date]:
+    return [price.verified_at for price in load_pricing(EXAMPLE_PRICING).models.values()]
+
+
+def init_on(day: date, folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr("knrun.cli.init.today", lambda: day)
+    result = runner.invoke(app, ["init", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    return result.stderr
+
+
+def test_init_warns_when_the_shipped_prices_are_older_than_the_check_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = max(verified_dates()) + timedelta(days=MAX_AGE_DAYS + 1)
+    stderr = init_on(day, tmp_path, monkeypatch)
+    assert stderr.startswith("warning: ") and stderr.count("\n") == 1
+    assert f"{MAX_AGE_DAYS + 1} days ago" in stderr
+    assert "knrun pricing sync" in stderr
+
+
+def test_init_says_nothing_of_prices_the_check_still_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = min(verified_dates()) + timedelta(days=MAX_AGE_DAYS)
+    assert init_on(day, tmp_path, monkeypatch) == ""
 
 
 def test_the_repository_root_holds_no_symlinks() -> None:
