@@ -119,6 +119,7 @@ async def test_the_run_records_heartbeat_tells_the_pacing_who_shares_the_model()
     runner = SimpleNamespace(
         state=state,
         pacing=SimpleNamespace(share=shared.append),
+        engine=SimpleNamespace(),
         quarantined=[],
         lost=[],
     )

@@ -42,7 +42,7 @@ sim_app = typer.Typer(
     help="The simulators of xAI, its Management API and D1.", no_args_is_help=True
 )
 batch_app = typer.Typer(
-    help="Batches `go --batch` made at xAI: list them, cancel one.", no_args_is_help=True
+    help="Batches `go --batch` made at xAI: list, collect, cancel.", no_args_is_help=True
 )
 GROUPS = (
     (db_app, "db"),
