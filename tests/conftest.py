@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from knrun.clock import utc_now
 from knrun.job import JobSpec, load_job
 from knrun.preflight.receipt import Receipt, save_receipt
 from knrun.pricing import load_pricing
-from knrun.run.judge import utc_now
 from knrun.sim.corpus import synthetic_units, write_jsonl
 from knrun.sim.d1 import D1Simulator
 from knrun.sim.scenario import Scenario

@@ -196,3 +196,31 @@ def test_go_refuses_without_a_matching_fresh_receipt(
     code, _, err = knrun("go")
     assert code == 2 and message in err
     assert xai_server.stats.chat_requests == 0
+
+
+def test_a_prompt_over_the_accounts_token_limit_fails_with_its_reason_not_a_silent_wait(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    """A tokens-per-minute limit below one prompt: xAI refuses it once, its 429 names the
+    limit, and from then on such a unit fails as `too_large_for_rate_limit` without being sent
+    (the gate used to wait for ever for room that could never come)."""
+    xai_server.scenario.limits.tokens_per_min = 300  # a prompt here is about 450 tokens
+    code, _, err = knrun("go", "--concurrency", "5")
+    assert code == 0, err
+    figures = status()
+    assert figures["failed_by_reason"] == {"too_large_for_rate_limit": figures["total"]}
+    assert xai_server.stats.billed_ticks == 0
+
+
+def test_a_400_that_mentions_credit_is_a_bad_request_not_an_empty_account(
+    ready: Path, xai_server: XaiSimulator
+) -> None:
+    """xAI's own credit words stop a run (exit 3); a refusal that happens to say "credit" is
+    the request's problem, recorded as such, and the run goes on (it once stopped with exit
+    3, the account full of credit)."""
+    xai_server.force("schema_refused", 3)
+    code, _, err = knrun("go", "--concurrency", "5")
+    assert code == 0, err
+    figures = status()
+    assert figures["failed_by_reason"] == {"bad_request": 3}
+    assert figures["done"] == figures["total"] - 3

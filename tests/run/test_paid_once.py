@@ -95,12 +95,38 @@ def test_a_store_refusing_every_write_stops_the_run_and_keeps_every_paid_result(
     assert 0 < paid < 200
     held = asyncio_run(Spool(Path(".knrun/spool.sqlite")).held)
     assert [(h.pending, h.quarantined) for h in held] == [(paid, 0)]  # all kept, none set aside
+    # Their units stay leased for days, not a lease's 15 minutes: no other runner buys them
+    # again while the results wait here (the rest went back to the pool).
+    week_ahead = time.time() + 6 * 86_400
+    [(kept,)] = query(f"SELECT COUNT(*) FROM units WHERE kn_lease_expires > {week_ahead}")
+    [(leased,)] = query("SELECT COUNT(*) FROM units WHERE kn_lease_owner IS NOT NULL")
+    assert kept == leased == paid
     on_d1.outage = None  # the operator fixed the token (or the plan)
     exit_code, _, err = knrun("go")
     assert exit_code == 0, err
     assert paid_twice(xai_server) == 0  # the kept results were written, not bought again
     figures = status()
     assert figures["done"] == figures["total"] and figures["spool_pending"] == 0
+
+
+def test_a_store_outage_never_lets_the_approval_be_spent_twice(
+    project: Path, on_d1: D1Simulator, xai_server: XaiSimulator
+) -> None:
+    """The first run spends its approval while the store refuses every result write: the paid
+    results wait in the spool, with no charge rows in the store. Once the store is back, the
+    next `go` writes them first and counts them against the approval before it buys anything
+    (it used to count the store's charges before the replay: xAI billed 1.98x the approval)."""
+    receipt = write_receipt(project, approved_ticks=40 * 78_125_000)  # about 40 units
+    on_d1.outage = D1Fault("unauthorized", only_if='"kn_overview"')
+    code, _, err = knrun("go", "--concurrency", "10")
+    assert code in (2, 4), err
+    assert asyncio_run(Spool(Path(".knrun/spool.sqlite")).held)[0].pending > 0
+    on_d1.outage = None
+    code, _, err = knrun("go", "--concurrency", "10")
+    assert code == 4, err  # at the cap: what is left of the approval, not all of it again
+    assert xai_server.stats.billed_ticks <= receipt.approved_ticks
+    figures = status()
+    assert figures["spool_pending"] == 0 and figures["spent_ticks"] == xai_server.stats.billed_ticks
 
 
 def asyncio_run(open_and_read: Any) -> Any:

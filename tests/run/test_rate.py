@@ -204,3 +204,29 @@ def test_a_storm_whose_429s_come_back_late_in_the_tick_still_halves_the_rate(
         rate.sent(TOKENS)
         late.append(clock.now)
     assert rate.rate <= 40.0 / 4
+
+
+def test_a_request_larger_than_its_share_goes_alone_once_the_window_is_empty(
+    clock: FakeClock,
+) -> None:
+    """Two runners share 60,000 tokens a minute (28,500 each, at 95%): a request of 40,000 never
+    fits beside anything, so it waits only until this run's window is empty, then goes alone;
+    it used to wait for ever, silently, holding everything queued behind it."""
+    rate = controller(clock)
+    rate.runners = 2
+    rate.replied(RateHeaders(limit_tokens=60_000), TOKENS)
+    assert rate.wait_s(40_000) == 0.0  # nothing in the window: it goes now
+    rate.sent(40_000)
+    clock.advance(1.0)
+    wait = rate.wait_s(40_000)
+    assert 0 < wait <= 60.0  # until the first one leaves the window, not for ever
+    clock.advance(wait)
+    assert rate.wait_s(40_000) == 0.0
+
+
+def test_a_prompt_over_the_whole_limit_is_too_large_to_send(clock: FakeClock) -> None:
+    rate = controller(clock)
+    assert rate.too_large(100_000) is None  # no limit known yet
+    rate.replied(RateHeaders(limit_tokens=60_000), TOKENS)
+    assert rate.too_large(59_000) is None
+    assert rate.too_large(61_000) == 60_000

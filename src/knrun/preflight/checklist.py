@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from knrun.clock import utc_now
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.errors import ConfigError, ExitCode
 from knrun.preflight import estimate as estimates
@@ -23,7 +24,6 @@ from knrun.preflight.receipt import Receipt, save_receipt
 from knrun.preflight.steps import MARGIN, CanaryFigures, Finding, Overshoot, Step
 from knrun.pricing import ModelPrice, PricingTable
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY
-from knrun.run.judge import utc_now
 from knrun.run.lock import new_run_id
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import Progress, RunRecord

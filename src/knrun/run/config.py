@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from knrun.errors import ConfigError, ExitCode
+from knrun.run.approval import Approval
 from knrun.run.events import RunState
 from knrun.run.guards import BALANCE_SLACK_TICKS
 
@@ -49,6 +50,9 @@ class RunConfig:
     max_429_rounds: int = 10  # bursts of 429s in a row with no success between: a storm
     max_consecutive_outage: int = 10  # units in a row lost to 5xx/timeouts/network: xAI is down
     cap_ticks: int | None = None
+    # What a receipt approved: the run's cap is what is left of it when the run starts (after
+    # the spool is written), unless `cap_ticks` is given.
+    approval: Approval | None = None
     estimate_unit_ticks: int | None = None
     # Output tokens (visible + reasoning) a unit is expected to use: with max_output_tokens, the
     # worst case of a request that may have been billed unseen. None: the job's estimate.

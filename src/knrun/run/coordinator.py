@@ -64,7 +64,7 @@ class Runner:
         on_batch: OnBatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.job, self.store, self.config = job, store, config
+        self.job, self.store, self.config, self.spool = job, store, config, spool
         self.run_id, self.owner, self.emit = run_id, owner, events
         self.state = RunState(
             run_id=run_id,
@@ -156,6 +156,7 @@ class Runner:
             ledger=self.ledger,
             pacing=self.pacing,
             record=self.record,
+            marks=self.spool,
             run_id=self.run_id,
             owner=self.owner,
             # A unit gets this long, from when a worker takes it, before it is given back.
@@ -242,6 +243,7 @@ class Runner:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self._settle_in_flight()
             await self.ledger.finish()
             self.writer.close()  # the writer flushes what is left, then ends
             await writer
@@ -250,6 +252,27 @@ class Runner:
             # to the batch, which gives them back itself).
             await self.writer.release_leases(self.owner)
         return await self._result()
+
+    async def _settle_in_flight(self) -> None:
+        """Requests this run sent and never heard back from (a second Ctrl-C cut them off):
+        possibly billed, so they count now, in the run's figures and in the spool."""
+        try:
+            charges = await self.spool.settle_in_flight(
+                await self.spool.in_flight(run_id=self.run_id)
+            )
+        except StoreError as exc:  # still marked: the next start counts them
+            self.emit(Event("spool_error", f"counting requests cut off in flight: {exc}"))
+            return
+        for charge in charges:
+            self.state.money.add(charge)
+        self.state.write_backlog += len(charges)
+        if charges:
+            self.emit(
+                Event(
+                    "possibly_billed",
+                    f"{len(charges)} requests were cut off in flight: counted as possibly billed",
+                )
+            )
 
     async def record(self, judged: judge.Judged) -> None:
         """Count one outcome, all its figures at once (its cost is spent whatever happens next),

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from knrun.errors import ExitCode
 from knrun.job import JobSpec
+from knrun.preflight.estimate import prompt_tokens
 from knrun.pricing import ModelPrice, format_usd
 from knrun.run import judge
 from knrun.run.claimer import Claimer
@@ -20,6 +22,7 @@ from knrun.run.control import Control
 from knrun.run.events import Event, RunState
 from knrun.run.ledger import Ledger
 from knrun.run.pacing import Pacing
+from knrun.spool import InFlight
 from knrun.store.types import Unit
 from knrun.xai import (
     AuthFailed,
@@ -38,6 +41,16 @@ from knrun.xai import (
 )
 
 Record = Callable[[judge.Judged], Awaitable[None]]
+
+
+class Marks(Protocol):
+    """Where requests in flight are marked (the spool)."""
+
+    async def mark(self, request: InFlight) -> None: ...
+
+    async def unmark(self, attempt_id: str) -> None: ...
+
+
 MIN_REQUEST_S = 60.0  # a unit with less of its lease budget left is given back, not sent
 
 
@@ -54,6 +67,7 @@ class LiveEngine:
         ledger: Ledger,
         pacing: Pacing,
         record: Record,
+        marks: Marks,
         run_id: str,
         owner: str,
         unit_budget_s: float,
@@ -61,7 +75,7 @@ class LiveEngine:
     ) -> None:
         self.job, self.price, self.xai, self.config = job, price, xai, config
         self.state, self.control, self.emit = state, control, control.emit
-        self.ledger, self.pacing, self.record = ledger, pacing, record
+        self.ledger, self.pacing, self.record, self.marks = ledger, pacing, record, marks
         self.run_id, self.owner, self.unit_budget_s = run_id, owner, unit_budget_s
         self._clock = clock
         self._attempts = 0  # requests made: numbers each one's attempt id
@@ -115,8 +129,12 @@ class LiveEngine:
         messages = self.job.render(unit.inputs)
         deadline = self._clock() + self.unit_budget_s
         tokens = self.ledger.tokens_per_request(messages)
-        tries, retry_after = 0, None
+        worst = self.ledger.worst_case_ticks(messages)
+        prompt, tries, retry_after = prompt_tokens(messages), 0, None
         while True:
+            if limit := self.pacing.too_large(prompt):  # known once a reply or a 429 says
+                await self._too_large(unit, prompt, limit)
+                return
             sent_at = await self.pacing.before_send(tries, tokens, retry_after)
             if self.control.stopping:
                 self.pacing.on_ended(sent_at)
@@ -132,22 +150,47 @@ class LiveEngine:
             attempt = judge.Attempt(
                 self.run_id, self.owner, f"{self.run_id}:{self._attempts}", self.job.request_hash
             )
+            # Marked before it goes: a request cut off by a kill is counted at the next start.
+            await self.marks.mark(self._in_flight(attempt, unit, worst))
+            started = time.monotonic()
             try:
                 reply = await self._chat(messages, conv_id, lane, min(self.job.timeout_s, left))
             except RateLimited as exc:
+                await self.marks.unmark(attempt.attempt_id)  # refused before any work
                 tries, retry_after = tries + 1, exc.retry_after
                 if storm := self.pacing.on_refused(exc, sent_at):
                     self.control.request_stop(storm, ExitCode.BREAKER)
                 continue
             except Exception as exc:
-                await self._failed(unit, messages, exc, attempt)
+                await self._failed(unit, worst, exc, attempt)
                 return
             finally:
                 self.pacing.on_ended(sent_at)
             break
         self.pacing.on_reply(reply, sent_at)
         self._outage_streak = 0
-        await self.record(judge.judge(reply, unit, self.job, self.price, attempt))
+        latency_ms = round((time.monotonic() - started) * 1000)
+        await self.record(judge.judge(reply, unit, self.job, self.price, attempt, latency_ms))
+
+    async def _too_large(self, unit: Unit, prompt: int, limit: int) -> None:
+        """Never sent: its prompt alone is over what the account may send in a minute."""
+        attempt = judge.Attempt(self.run_id, self.owner, "", self.job.request_hash)
+        detail = (
+            f"the prompt is about {prompt:,} tokens; the account's limit is {limit:,} tokens "
+            "per minute, so xAI could never take it (not sent, nothing billed)"
+        )
+        await self.record(judge.Judged(judge.failure(unit, judge.TOO_LARGE, detail, attempt)))
+
+    def _in_flight(self, attempt: judge.Attempt, unit: Unit, worst: int) -> InFlight:
+        return InFlight(
+            attempt_id=attempt.attempt_id,
+            job=self.job.name,
+            version=self.job.version,
+            run_id=self.run_id,
+            unit_id=unit.id,
+            possible_ticks=worst,
+            expected_ticks=min(self.ledger.expected_ticks(), worst),
+        )
 
     async def _chat(
         self, messages: list[dict[str, str]], conv_id: str, lane: int, timeout_s: float
@@ -165,17 +208,18 @@ class LiveEngine:
             lane=lane,
         )
 
-    async def _failed(
-        self, unit: Unit, messages: list[dict[str, str]], exc: Exception, attempt: judge.Attempt
-    ) -> None:
-        """What a failed request means for the run, and for the unit."""
+    async def _failed(self, unit: Unit, worst: int, exc: Exception, attempt: judge.Attempt) -> None:
+        """What a failed request means for the run, and for the unit. A refusal with no
+        outcome of its own drops its in-flight mark; every outcome recorded drops it too."""
         if isinstance(exc, CreditExhausted):
             # Stop at once; the unit is not failed: it was never the unit's fault.
+            await self.marks.unmark(attempt.attempt_id)
             self.control.request_stop(f"credit exhausted: {exc}", ExitCode.BREAKER)
         elif isinstance(exc, AuthFailed | ModelUnavailable):
+            await self.marks.unmark(attempt.attempt_id)
             self.control.request_stop(str(exc), ExitCode.USAGE)
         elif isinstance(exc, PossiblyBilled):
-            await self._possibly_billed(unit, messages, exc, attempt)
+            await self._possibly_billed(unit, worst, exc, attempt)
         elif isinstance(exc, PromptTooLong | BadRequest):
             reason = judge.PROMPT_TOO_LONG if isinstance(exc, PromptTooLong) else judge.BAD_REQUEST
             await self.record(judge.Judged(judge.failure(unit, reason, str(exc), attempt)))
@@ -196,18 +240,13 @@ class LiveEngine:
             )
 
     async def _possibly_billed(
-        self,
-        unit: Unit,
-        messages: list[dict[str, str]],
-        exc: PossiblyBilled,
-        attempt: judge.Attempt,
+        self, unit: Unit, worst: int, exc: PossiblyBilled, attempt: judge.Attempt
     ) -> None:
         """The request reached xAI and no usable reply came back. xAI bills what it computed, so
         the attempt is counted at its worst case against the cap and shown; the unit fails for
         this attempt (retry may try it again), and nothing is sent again now."""
         if not isinstance(exc, BadResponse):  # an unreadable reply is not an outage
             self._outage(exc)
-        worst = self.ledger.worst_case_ticks(messages)
         reason = {Timeout: judge.TIMEOUT, BadResponse: judge.BAD_RESPONSE}.get(
             type(exc), judge.DROPPED
         )

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from knrun.context import STATE_DIR, Context
-from knrun.errors import ExitCode, NotAuthorised, RunStopped
+from knrun.errors import NotAuthorised
 from knrun.preflight.receipt import Receipt, describe, load_valid_receipt
 from knrun.pricing import ModelPrice
+from knrun.run.approval import Approval
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY, RunConfig, concurrency_fields
 from knrun.run.guards import BALANCE_SLACK_TICKS
 
@@ -42,28 +43,31 @@ def go_receipt(ctx: Context, price: ModelPrice, options: GoOptions) -> Receipt:
 async def go_config(
     ctx: Context, price: ModelPrice, options: GoOptions, receipt: Receipt | None = None
 ) -> RunConfig:
-    """The run's configuration, or NotAuthorised without a valid receipt, or RunStopped (exit
-    4) when the approved spend is used up."""
+    """The run's configuration, or NotAuthorised without a valid receipt. Its cap is
+    `--max-spend`, or what the receipt approved less what was spent since: worked out when the
+    run starts, after the spool's paid results are in the store (`run/approval.py`)."""
     receipt = receipt or go_receipt(ctx, price, options)
-    cap = options.max_spend_ticks or await approved_left(ctx, receipt)
-    if cap <= 0:
-        raise RunStopped(
-            f"the approved spend of {describe(receipt)} is used up: run `knrun preflight` "
-            "again, or pass --max-spend",
-            ExitCode.SPEND_CAP,
-        )
     canary_output = receipt.canary.get("output_tokens_per_unit")
     # Preflight's overshoot allowance was sized for this many in flight: go stays within it.
     planned = receipt.max_concurrency or options.max_concurrency
     concurrency, max_concurrency = concurrency_fields(
         options.concurrency, min(options.max_concurrency, planned)
     )
+    approval = None
+    if options.max_spend_ticks is None:
+        approval = Approval(
+            approved_ticks=receipt.approved_ticks,
+            since=receipt.created_at,
+            unit_worst_ticks=2 * receipt.estimate_unit_ticks,
+            describe=describe(receipt),
+        )
     return RunConfig(
         concurrency=concurrency,
         max_concurrency=max_concurrency,
         max_429_rounds=options.max_429_rounds,
         lease_s=options.lease_minutes * 60,
-        cap_ticks=cap,
+        cap_ticks=options.max_spend_ticks,
+        approval=approval,
         estimate_unit_ticks=receipt.estimate_unit_ticks,
         output_tokens_estimate=int(canary_output) if canary_output else None,
         # The canary's charges can reach the prepaid balance during this run.
@@ -72,12 +76,3 @@ async def go_config(
         batch_no_wait=options.no_wait,
         batch_max_wait_s=options.max_wait_s,
     )
-
-
-async def approved_left(ctx: Context, receipt: Receipt) -> int:
-    """The receipt's approved spend minus what `go` runs have spent since it was issued (at
-    the most: possibly-billed requests at their worst case), from the store's charges, so
-    restarting `go`, even after a kill -9, never resets the cap."""
-    async with ctx.open_store() as store:
-        spent = await store.money(kind="go", since=receipt.created_at)
-    return receipt.approved_ticks - spent.spent_max_ticks

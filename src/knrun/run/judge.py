@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ValidationError
 
+from knrun.clock import utc_now
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice
 from knrun.store.types import Unit, UnitFailure, UnitResult
@@ -24,10 +24,9 @@ RETRIES_EXHAUSTED = "retries_exhausted"  # never reached xAI (or fast 5xx) after
 TIMEOUT = "timeout"  # sent, no reply in time: may have been billed
 DROPPED = "dropped"  # sent, then the connection failed (or a slow 5xx): may have been billed
 BATCH_ERROR = "batch_error"  # the Batch API returned an error for the request (not billed)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+# The prompt alone is over the account's tokens-per-minute limit: xAI could never take it, so
+# it was not sent (not billed).
+TOO_LARGE = "too_large_for_rate_limit"
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,12 @@ class Judged:
 
 
 def judge(
-    reply: ChatReply, unit: Unit, job: JobSpec, price: ModelPrice, attempt: Attempt
+    reply: ChatReply,
+    unit: Unit,
+    job: JobSpec,
+    price: ModelPrice,
+    attempt: Attempt,
+    latency_ms: int | None = None,
 ) -> Judged:
     usage = reply.usage
     tracked = price.cost_ticks(usage)
@@ -57,7 +61,14 @@ def judge(
     outcome: UnitResult | UnitFailure
     if isinstance(parsed, tuple):
         reason, detail = parsed
-        outcome = failure(unit, reason, detail, attempt, billed_ticks=billed, tracked_ticks=tracked)
+        outcome = replace(
+            failure(unit, reason, detail, attempt, billed_ticks=billed, tracked_ticks=tracked),
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            latency_ms=latency_ms,
+        )
     else:
         values = {
             job.output_column(field): field.to_column_value(getattr(parsed, field.name))
@@ -75,6 +86,9 @@ def judge(
             attempt_id=attempt.attempt_id,
             billed_ticks=billed,
             tracked_ticks=tracked,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            latency_ms=latency_ms,
         )
     return Judged(outcome, usage.prompt_tokens, usage.output_tokens)
 

@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from knrun.clock import utc_now
 from knrun.context import STATE_DIR, Context, xai_client
-from knrun.errors import NotAuthorised, StoreUnusable
-from knrun.pricing import ModelPrice
+from knrun.errors import ExitCode, NotAuthorised, RunStopped, StoreUnusable
+from knrun.pricing import ModelPrice, format_usd
+from knrun.run.approval import Approval, approval_left
 from knrun.run.batch.handle import BatchHandle, BatchPlan
 from knrun.run.batch.runs import plan_for
 from knrun.run.coordinator import BalanceReader, OthersReader, RunConfig, Runner, RunResult
 from knrun.run.events import Event, EventSink
 from knrun.run.files import fit_open_files
-from knrun.run.judge import utc_now
 from knrun.run.lock import Identity, RunLock, new_run_id, this_identity
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
@@ -73,11 +74,22 @@ async def _launch(
     ctx: Context, request: Launch, store: SqlUnitStore, spool: Spool, xai: XaiClient
 ) -> Launched:
     job, config = ctx.job, request.config
+    # Requests a run cut off (kill -9) left marked in flight: possibly billed, counted now.
+    if settled := await spool.settle_in_flight(await spool.in_flight()):
+        request.events(
+            Event(
+                "in_flight_settled",
+                f"{len(settled)} requests a stopped run left in flight are counted as possibly "
+                "billed",
+            )
+        )
     await refuse_stranded(spool, job.name, job.version)
     await store.check_where()
     replayed = await replay_spool(store, spool, job.name, job.version, request.events)
     if replayed:
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
+    if config.approval is not None:
+        config.cap_ticks = await _approved_cap(config.approval, store, spool, config.batch)
     identity = this_identity(STATE_DIR)
     await reap_dead_runs(store, identity, config.lease_s, request.events)
     total = await _eligible(store, config)
@@ -121,6 +133,24 @@ async def _launch(
     except Exception as exc:  # the run is over; its record is also in the event log
         request.events(Event("store_error", f"recording the run: {exc}"))
     return Launched(result, record, replayed)
+
+
+async def _approved_cap(
+    approval: Approval, store: SqlUnitStore, spool: Spool, batch_run: bool
+) -> int:
+    """The run's cap: what the receipt approved less everything spent since, or RunStopped
+    (exit 4) when nothing is left."""
+    left = await approval_left(approval, store, spool, batch_run=batch_run)
+    if left.ticks > 0:
+        return left.ticks
+    parts = [f"{format_usd(left.spent.spent_max_ticks)} spent at most since preflight"]
+    if left.in_batches:
+        parts.append(f"{left.in_batches:,} units waiting in open batches")
+    raise RunStopped(
+        f"the approved spend of {approval.describe} is used up ({', '.join(parts)}): run "
+        "`knrun preflight` again to approve more, or pass --max-spend",
+        ExitCode.SPEND_CAP,
+    )
 
 
 async def _eligible(store: SqlUnitStore, config: RunConfig) -> int:

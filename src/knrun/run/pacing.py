@@ -55,6 +55,9 @@ class Pacing(Protocol):
     def share(self, runners: int) -> None:
         """`runners` live runs (this one included) share the account's limits."""
 
+    def too_large(self, prompt_tokens: int) -> int | None:
+        """The tokens-per-minute limit a prompt alone is over, if known (it can never go)."""
+
     def wake_all(self) -> None:
         """The run is stopping: let every waiter go and look."""
 
@@ -256,6 +259,9 @@ class AdaptivePacing:
     def share(self, runners: int) -> None:
         self.rate.runners = max(1, runners)
         self._publish()
+
+    def too_large(self, prompt_tokens: int) -> int | None:
+        return self.rate.too_large(prompt_tokens)
 
     def _oldest_in_flight(self, now: float) -> float:
         while self._sends and self._ended[self._sends[0]]:

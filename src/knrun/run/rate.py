@@ -117,12 +117,18 @@ class RollingSum:
             self.total -= self._entries.popleft()[1]
 
     def wait_for(self, need: int, allowed: float) -> float:
-        """Seconds until `need` more fits under `allowed`: the oldest entries leave first."""
+        """Seconds until `need` more fits under `allowed`: the oldest entries leave first. What
+        can never fit beside anything goes alone, once the window is empty (never a wait that
+        never ends)."""
         self._expire()
         over = self.total + need - allowed
         if over <= 0:
             return 0.0
         freed, now = 0, self._clock()
+        if need > allowed:
+            if self.total <= 0:
+                return 0.0
+            return max(self._entries[-1][0] + self.window_s - now, 1e-3)
         for at, amount in self._entries:
             freed += amount
             if freed >= over:
@@ -258,6 +264,14 @@ class RateController:
         while self._sends and self._sends[0][0] < horizon:
             self._sends.popleft()
         return now
+
+    def too_large(self, prompt_tokens: int) -> int | None:
+        """The account's tokens-per-minute limit, when a prompt alone is over it: xAI could
+        never take the request (None: it fits, or no limit is known)."""
+        if (limit := self.limits.get("tokens")) is None:
+            return None
+        per_minute = round(limit.per_s * 60.0)
+        return per_minute if prompt_tokens > per_minute else None
 
     def wait_s(self, tokens: int) -> float:
         """How long a request of `tokens` must wait for room in the known limits' windows, as

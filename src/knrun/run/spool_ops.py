@@ -12,6 +12,7 @@ from knrun.run.launch import replay_spool
 from knrun.run.lock import RunLock
 from knrun.spool import Held, Spool
 from knrun.store import open_store
+from knrun.store.types import Money
 
 SPOOL_PATH = STATE_DIR / "spool.sqlite"
 
@@ -36,6 +37,26 @@ async def listing() -> Listing:
     finally:
         await spool.close()
     return Listing(held, reasons)
+
+
+async def money(job: str, version: str) -> tuple[Money, int]:
+    """What this version's pending entries cost, with the requests left marked in flight (a
+    run is sending them now, or a kill cut them off) counted as possibly billed; and how many
+    of those there are."""
+    if not SPOOL_PATH.exists():
+        return Money(), 0
+    spool = Spool(SPOOL_PATH)
+    try:
+        pending = await spool.money(job, version)
+        marks = [m for m in await spool.in_flight() if (m.job, m.version) == (job, version)]
+    finally:
+        await spool.close()
+    for mark in marks:
+        pending.requests += 1
+        pending.possible_requests += 1
+        pending.possible_ticks += mark.possible_ticks
+        pending.expected_ticks += mark.expected_ticks
+    return pending, len(marks)
 
 
 async def counts(job: str, version: str) -> tuple[int, int, int]:

@@ -14,7 +14,7 @@ from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
 from knrun.run import spool_ops
 from knrun.run.batch.runs import batches_of
-from knrun.store.types import Progress, RunRecord
+from knrun.store.types import Money, Progress, RunRecord
 
 LIVE_WITHIN_S = 60  # a running run refreshes its record every 15 s; silence past this = dead
 STATUS_FRESH_S = 30.0  # `knrun status` reuses the store's last count for this long
@@ -66,10 +66,15 @@ def status_report(
     max_attempts: int = 0,
     spool: tuple[int, int, int] = (0, 0, 0),
     counted_s_ago: float = 0.0,
+    spooled: Money | None = None,
+    in_flight: int = 0,
 ) -> dict[str, Any]:
+    """`spooled`: what the spool's pending entries (and requests marked in flight) cost: paid,
+    not in the store yet, counted with the store's charges in every money figure."""
     now = now or datetime.now(UTC)
     per_unit = progress.done_cost_ticks // progress.done if progress.done else None
-    money = progress.money
+    spooled = spooled or Money()
+    money = progress.money.plus(spooled)
     summaries = [run_summary(run, now) for run in runs or [] if run.version == job.version]
     working = [s for s in summaries if s["kind"] in ("go", "retry", "canary", "collect")]
     current = [s for s in working if s["state"] in ("running", "stale")]
@@ -101,6 +106,13 @@ def status_report(
         "possibly_billed_requests": money.possible_requests,
         "possibly_billed_usd": usd(money.possible_ticks),
         "possibly_billed_expected_usd": usd(money.expected_ticks),
+        "spool_pending_spent_max_usd": usd(spooled.spent_max_ticks),
+        "in_flight_requests": in_flight,
+        "input_tokens": money.input_tokens,
+        "cached_tokens": money.cached_tokens,
+        "output_tokens": money.output_tokens,
+        "reasoning_tokens": money.reasoning_tokens,
+        "cache_share": None if money.cache_share is None else round(money.cache_share, 4),
         "done_cost_usd": usd(progress.done_cost_ticks),
         "cost_per_unit_usd": usd(per_unit) if per_unit is not None else None,
         "avg_input_tokens": _rounded(progress.avg_input_tokens),
@@ -130,6 +142,7 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
     # older than those is still found by `go --batch` and `knrun batch list`.
     batches = [b for b in batches_of(runs) if b.open]
     held = await spool_ops.counts(ctx.job.name, ctx.job.version)
+    spooled, in_flight = await spool_ops.money(ctx.job.name, ctx.job.version)
     report = status_report(
         ctx.job,
         ctx.target.describe(),
@@ -139,6 +152,8 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
         max_attempts=max_attempts,
         spool=held,
         counted_s_ago=age,
+        spooled=spooled,
+        in_flight=in_flight,
     )
     # Batches a run left open at xAI: their units stay leased to them until collected.
     report["open_batches"] = [

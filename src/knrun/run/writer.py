@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from knrun.errors import ExitCode, KnrunError, StoreError, StoreUnusable
 from knrun.job import JobSpec
@@ -16,7 +17,9 @@ from knrun.run.control import Control
 from knrun.run.events import Event, RunState
 from knrun.spool import Delivery, Spool
 from knrun.store.base import SqlUnitStore
-from knrun.store.types import Outcome
+from knrun.store.types import Outcome, UnitFailure, UnitResult
+
+KEEP_LEASE_S = 7 * 86_400.0  # a unit whose result waits in the spool: the next start writes it
 
 
 class Writer:
@@ -189,21 +192,46 @@ class Writer:
 
     async def release_leases(self, owner: str) -> None:
         """Give back units claimed but never finished, so the next run takes them at once.
-        Not while results still wait in the spool: a failure is only recorded under its run's
-        lease, so the next start here writes them first and then gives the leases back."""
-        if self.state.write_backlog > 0:
+        Units whose results still wait in the spool keep their lease, for `KEEP_LEASE_S`: a
+        failure is only recorded under its run's lease, and no other runner may buy them
+        again meanwhile; the next start here writes them first, then gives the leases back."""
+        waiting = await self._waiting_units() if self.state.write_backlog > 0 else []
+        try:
+            if waiting:
+                await self.store.renew(owner, KEEP_LEASE_S, waiting)
+            released = await self.store.release(owner, keep=waiting)
+        except Exception as exc:  # the leases expire on their own; say so and move on
+            self.emit(Event("store_error", f"release: {exc}", {}))
+            if waiting:
+                self.emit(
+                    Event(
+                        "leases_kept",
+                        f"{len(waiting)} results wait in the spool and their leases could not "
+                        f"be extended ({exc}): start knrun here again within "
+                        f"{self.config.lease_s / 60:.0f} minutes, or another runner may buy "
+                        "them again",
+                    )
+                )
+            return
+        if waiting:
             self.emit(
                 Event(
                     "leases_kept",
-                    f"{self.state.write_backlog} results wait in the "
-                    "spool: leases are kept until the next start writes them",
+                    f"{len(waiting)} results wait in the spool: their units stay leased to this "
+                    "folder for 7 days; the next start here writes them",
                 )
             )
-            return
-        try:
-            released = await self.store.release(owner)
-        except Exception as exc:  # the lease expires on its own; say so and move on
-            self.emit(Event("store_error", f"release: {exc}", {}))
-            return
         if released:
             self.emit(Event("released", f"{released} unstarted units back to the pool", {}))
+
+    async def _waiting_units(self) -> list[Any]:
+        """The units of this run's results and failures still in the spool."""
+        try:
+            pending = await self.spool.pending(self.job.name, self.job.version)
+        except StoreError:
+            return []
+        return [
+            o.unit_id
+            for _, o in pending
+            if isinstance(o, UnitResult | UnitFailure) and o.run_id == self.state.run_id
+        ]

@@ -53,6 +53,7 @@ FORCEABLE = (
     "truncated",
     "refusal",
     "missing_cost",
+    "schema_refused",
 )
 _RANDOM_FAULTS = ("rate_limited", "server_error", "malformed_json", "truncated", "refusal")
 Disconnected = Callable[[], Awaitable[None]]
@@ -227,6 +228,12 @@ class XaiSimulator:
             return self._outcome(outcome, self._rate_limited(_rate_text(self, model.id)))
         if message := window.refusal(self.scenario.team_id, model.id, usage.prompt):
             return self._outcome("rate_limited", self._rate_limited(message))
+        if outcome == "schema_refused":  # a refusal that mentions credit, and is not about it
+            text = (
+                "Invalid response_format: the JSON schema's property 'credit_points' has an "
+                "unsupported type 'decimal'."
+            )
+            return self._outcome("bad_request", _error(400, "invalid-argument", text))
         if outcome == "credit_exhausted" or self.settled_balance_ticks() <= 0:
             return self._outcome("credit_exhausted", self.management.credit_exhausted())
         if outcome == "server_error":

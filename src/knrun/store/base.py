@@ -28,6 +28,7 @@ from knrun.store.sql import UnitSql
 from knrun.store.types import (
     AttemptRefund,
     Outcome,
+    PossibleCharge,
     Unit,
     UnitFailure,
     UnitResult,
@@ -132,6 +133,10 @@ class SqlUnitStore(RunRecords, ABC):
         [rows] = await self.execute([statement], idempotent=True)
         return int(rows[0]["n"])
 
+    async def count_in_batches(self) -> int:
+        [rows] = await self.execute([self.sql.count_in_batches(self._clock())], idempotent=True)
+        return int(rows[0]["n"])
+
     async def count_remaining(self) -> int:
         [rows] = await self.execute([self.sql.count_remaining()], idempotent=True)
         return int(rows[0]["n"])
@@ -181,17 +186,20 @@ class SqlUnitStore(RunRecords, ABC):
         units.sort(key=lambda unit: unit.position)  # RETURNING promises no order
         return units
 
-    def outcome_statement(self, outcome: Outcome) -> Statement:
+    def outcome_statement(self, outcome: Outcome) -> Statement | None:
+        """The unit's write for an outcome (None: a charge alone, with no unit write)."""
         if isinstance(outcome, UnitResult):
             return self.sql.write_result(outcome)
         if isinstance(outcome, UnitFailure):
             return self.sql.write_failure(outcome)
-        return self.sql.refund_attempt(outcome)
+        if isinstance(outcome, AttemptRefund):
+            return self.sql.refund_attempt(outcome)
+        return None
 
     def request_statements(self, outcomes: Sequence[Outcome]) -> list[Statement]:
-        """One request's statements: each outcome's write, then the money of those that cost
-        any, in the same transaction, so a unit's result and its charge land together."""
-        statements = [self.outcome_statement(o) for o in outcomes]
+        """One request's statements: each outcome's unit write, then the money of those that
+        cost any, in the same transaction, so a unit's result and its charge land together."""
+        statements = [s for s in map(self.outcome_statement, outcomes) if s is not None]
         charged = [o for o in outcomes if not isinstance(o, AttemptRefund) and o.charged]
         if charged:
             statements.append(self.runs_sql.insert_charges(charged))
@@ -206,9 +214,11 @@ class SqlUnitStore(RunRecords, ABC):
         missing: list[Outcome] = []
         for chunk in self.pack(outcomes):
             results = await self.run(self.request_statements(chunk), idempotent=True)
+            # The unit writes come first, one result each, in order; the charges after them.
+            units = [o for o in chunk if not isinstance(o, PossibleCharge)]
             unchanged = [
                 outcome
-                for outcome, result in zip(chunk, results, strict=False)
+                for outcome, result in zip(units, results, strict=False)
                 if not result.changes and not isinstance(outcome, AttemptRefund)
             ]
             if unchanged:
@@ -231,7 +241,10 @@ class SqlUnitStore(RunRecords, ABC):
         current: list[Outcome] = []
         size = CHARGES_STATEMENT_BYTES
         for outcome in outcomes:
-            cost = statement_size(self.outcome_statement(outcome)) + self._charge_size(outcome)
+            statement = self.outcome_statement(outcome)
+            cost = (0 if statement is None else statement_size(statement)) + self._charge_size(
+                outcome
+            )
             if current and size + cost > self.request_budget_bytes:
                 chunks.append(current)
                 current, size = [], CHARGES_STATEMENT_BYTES
@@ -253,16 +266,19 @@ class SqlUnitStore(RunRecords, ABC):
         if missing := await self.write_results(failures):
             raise StoreRefused(f"no row for unit(s) {', '.join(str(f.unit_id) for f in missing)}")
 
-    async def renew(self, owner: str, lease_s: float) -> int:
-        """Extend this owner's leases to `lease_s` from now; returns how many."""
+    async def renew(self, owner: str, lease_s: float, unit_ids: Sequence[Any] | None = None) -> int:
+        """Extend this owner's leases (or those of `unit_ids`) to `lease_s` from now; returns
+        how many."""
         expires = self._clock() + lease_s
-        [result] = await self.run([self.sql.renew(owner, expires)], idempotent=True)
+        [result] = await self.run([self.sql.renew(owner, expires, unit_ids)], idempotent=True)
         return result.changes
 
-    async def release(self, owner: str, unit_ids: Sequence[Any] | None = None) -> int:
+    async def release(
+        self, owner: str, unit_ids: Sequence[Any] | None = None, *, keep: Sequence[Any] = ()
+    ) -> int:
         if unit_ids is not None and not unit_ids:
             return 0
-        statement = self.sql.release(owner, unit_ids)
+        statement = self.sql.release(owner, unit_ids, keep)
         counted = Statement(statement.sql + " RETURNING 1 AS released", statement.params)
         [rows] = await self.execute([counted], idempotent=True)
         return len(rows)

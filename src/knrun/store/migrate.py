@@ -6,15 +6,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from knrun.errors import ConfigError, StoreError
-from knrun.store.schema import RUN_COLUMNS, RUNS_TABLE
+from knrun.store.schema import CHARGE_COLUMNS, CHARGES_TABLE, RUN_COLUMNS, RUNS_TABLE
 
 if TYPE_CHECKING:
     from knrun.store.base import SqlUnitStore
 
 
 async def migrate(store: SqlUnitStore) -> list[str]:
-    info, runs_info = await store.execute(
-        [store.sql.table_info(), store.runs_sql.runs_table_info()], idempotent=True
+    info, runs_info, charges_info = await store.execute(
+        [
+            store.sql.table_info(),
+            store.runs_sql.runs_table_info(),
+            store.runs_sql.charges_table_info(),
+        ],
+        idempotent=True,
     )
     if not info:
         raise ConfigError(
@@ -51,6 +56,12 @@ async def migrate(store: SqlUnitStore) -> list[str]:
             if name not in have:
                 statements.append(store.runs_sql.add_run_column(name))
                 added.append(f"{RUNS_TABLE}.{name}")
+    if charges_info:  # a charges table from an older knrun
+        have = {row["name"] for row in charges_info}
+        for name in CHARGE_COLUMNS:
+            if name not in have:
+                statements.append(store.runs_sql.add_charge_column(name))
+                added.append(f"{CHARGES_TABLE}.{name}")
     # Not idempotent as a request (ADD COLUMN twice fails), so a backend never repeats it; a
     # second `migrate` reads the schema again and adds nothing.
     await store.execute(statements, idempotent=False)

@@ -91,9 +91,11 @@ class RunRecords:
             )
         return progress, records, 0.0
 
-    async def money(self, *, kind: str | None = None, since: str | None = None) -> Money:
-        """This version's charges summed; only runs of `kind` started since `since` if given."""
-        [[row]] = await self.execute([self.runs_sql.money(kind=kind, since=since)], idempotent=True)
+    async def money(self, *, kinds: Sequence[str] | None = None, since: str | None = None) -> Money:
+        """This version's charges summed; only runs of these `kinds` started since `since`."""
+        [[row]] = await self.execute(
+            [self.runs_sql.money(kinds=kinds, since=since)], idempotent=True
+        )
         return _money(row)
 
     async def running_runs(self, owner_prefix: str) -> Rows:

@@ -16,7 +16,7 @@ from knrun.store.schema import (
     STATUS_TABLE,
     Statement,
 )
-from knrun.store.types import RunRecord, UnitFailure, UnitResult
+from knrun.store.types import Charged, PossibleCharge, RunRecord, UnitResult
 
 _RUN_COLUMNS = tuple(RUN_COLUMNS)
 
@@ -81,21 +81,38 @@ class RunsSql:
         return Statement(f"ALTER TABLE {RUNS_TABLE} ADD COLUMN {name} {definition}")
 
     @staticmethod
-    def charge_row(o: UnitResult | UnitFailure) -> dict[str, Any]:
+    def charge_row(o: Charged) -> dict[str, Any]:
         """One outcome's entry in the charges statement's JSON array."""
-        return {
+        row: dict[str, Any] = {
             "attempt_id": o.attempt_id,
             "run_id": o.run_id,
             "unit_id": str(o.unit_id),
-            "outcome": o.reason if isinstance(o, UnitFailure) else "done",
+            "outcome": "done" if isinstance(o, UnitResult) else o.reason,
             "billed_ticks": o.billed_ticks,
             "tracked_ticks": o.tracked_ticks,
-            "possible_ticks": o.possible_ticks if isinstance(o, UnitFailure) else 0,
-            "expected_ticks": o.expected_ticks if isinstance(o, UnitFailure) else 0,
+            "possible_ticks": 0 if isinstance(o, UnitResult) else o.possible_ticks,
+            "expected_ticks": 0 if isinstance(o, UnitResult) else o.expected_ticks,
             "at": o.processed_at,
         }
+        if not isinstance(o, PossibleCharge) and (o.input_tokens or o.latency_ms is not None):
+            row |= {
+                "input_tokens": o.input_tokens,
+                "cached_tokens": o.cached_tokens,
+                "output_tokens": o.output_tokens,
+                "reasoning_tokens": o.reasoning_tokens,
+                "latency_ms": o.latency_ms,
+            }
+        return row
 
-    def insert_charges(self, outcomes: Sequence[UnitResult | UnitFailure]) -> Statement:
+    @staticmethod
+    def charges_table_info() -> Statement:
+        return Statement(f"PRAGMA table_info({CHARGES_TABLE})")
+
+    @staticmethod
+    def add_charge_column(name: str) -> Statement:
+        return Statement(f"ALTER TABLE {CHARGES_TABLE} ADD COLUMN {name} {CHARGE_COLUMNS[name]}")
+
+    def insert_charges(self, outcomes: Sequence[Charged]) -> Statement:
         """Every charged outcome's money as one statement (one JSON parameter: D1 allows 100
         bound parameters). INSERT OR IGNORE on the attempt id: a repeated write counts once."""
         rows = [self.charge_row(o) for o in outcomes]
@@ -107,9 +124,9 @@ class RunsSql:
             (self.job.name, self.version, json.dumps(rows, ensure_ascii=False)),
         )
 
-    def money(self, *, kind: str | None = None, since: str | None = None) -> Statement:
-        """This version's charges summed (`Money`); only those of runs of `kind` started at or
-        after `since` when given."""
+    def money(self, *, kinds: Sequence[str] | None = None, since: str | None = None) -> Statement:
+        """This version's charges summed (`Money`); only those of runs of these `kinds` started
+        at or after `since` when given."""
         unbilled = "c.billed_ticks IS NULL AND c.possible_ticks = 0"
         sums = {
             "requests": "1",
@@ -122,13 +139,17 @@ class RunsSql:
             "possible_requests": "CASE WHEN c.possible_ticks > 0 THEN 1 ELSE 0 END",
             "possible_ticks": "c.possible_ticks",
             "expected_ticks": "c.expected_ticks",
+            "input_tokens": "c.input_tokens",
+            "cached_tokens": "c.cached_tokens",
+            "output_tokens": "c.output_tokens",
+            "reasoning_tokens": "c.reasoning_tokens",
         }
         where, params = "c.job = ? AND c.version = ?", [self.job.name, self.version]
         joined = ""
-        if kind is not None:
+        if kinds is not None:
             joined = f" JOIN {RUNS_TABLE} r ON r.run_id = c.run_id"
-            where += " AND r.kind = ? AND r.started_at >= ?"
-            params += [kind, since or ""]
+            where += " AND r.kind IN (SELECT value FROM json_each(?)) AND r.started_at >= ?"
+            params += [json.dumps(list(kinds)), since or ""]
         columns = ", ".join(f"COALESCE(SUM({expr}), 0) AS {name}" for name, expr in sums.items())
         return Statement(
             f"SELECT {columns} FROM {CHARGES_TABLE} c{joined} WHERE {where}", tuple(params)

@@ -90,6 +90,13 @@ CHARGE_COLUMNS: dict[str, str] = {
     "possible_ticks": "INTEGER NOT NULL DEFAULT 0",
     "expected_ticks": "INTEGER NOT NULL DEFAULT 0",
     "at": "TEXT NOT NULL",
+    # Added in knrun 0.2 (`knrun db migrate` adds them): what the reply bought, and how long
+    # it took, for the prompt cache's share and the run report.
+    "input_tokens": "INTEGER",
+    "cached_tokens": "INTEGER",
+    "output_tokens": "INTEGER",
+    "reasoning_tokens": "INTEGER",
+    "latency_ms": "INTEGER",
 }
 _RUN_COLUMNS = tuple(RUN_COLUMNS)
 

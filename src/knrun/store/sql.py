@@ -119,6 +119,18 @@ class UnitSql:
             (*params, limit),
         )
 
+    def count_in_batches(self, now: float) -> Statement:
+        """Units leased to an xAI batch: submitted, their results not in yet. A range on the
+        owner, so the lease index serves it."""
+        c = self.col
+        prefix = BATCH_OWNER_PREFIX
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # "batch;": just past every "batch:..."
+        return Statement(
+            f"SELECT COUNT(*) AS n FROM {self.table} WHERE {c['lease_owner']} >= ? "
+            f"AND {c['lease_owner']} < ? AND {c['lease_expires']} > ?",
+            (prefix, after, now),
+        )
+
     def count_remaining(self) -> Statement:
         clause, params = self._resume_clause()
         return Statement(f"SELECT COUNT(*) AS n FROM {self.table} WHERE {clause}", params)
@@ -290,13 +302,14 @@ class UnitSql:
             (id_param(refund.unit_id), refund.attempt_id),
         )
 
-    def renew(self, owner: str, expires: float) -> Statement:
-        """Extend every lease this owner holds."""
+    def renew(self, owner: str, expires: float, unit_ids: Sequence[Any] | None = None) -> Statement:
+        """Extend every lease this owner holds (or those of `unit_ids`)."""
         c = self.col
-        return Statement(
-            f"UPDATE {self.table} SET {c['lease_expires']} = ? WHERE {c['lease_owner']} = ?",
-            (expires, owner),
-        )
+        sql = f"UPDATE {self.table} SET {c['lease_expires']} = ? WHERE {c['lease_owner']} = ?"
+        if unit_ids is None:
+            return Statement(sql, (expires, owner))
+        sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
+        return Statement(sql, (expires, owner, json.dumps([id_param(i) for i in unit_ids])))
 
     def lease_index(self) -> Statement:
         """Leases are found by owner (renewal, release): without this, each is a table scan."""
@@ -305,17 +318,24 @@ class UnitSql:
             f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} ({self.col['lease_owner']})"
         )
 
-    def release(self, owner: str, unit_ids: Sequence[Any] | None) -> Statement:
+    def release(
+        self, owner: str, unit_ids: Sequence[Any] | None, keep: Sequence[Any] = ()
+    ) -> Statement:
+        """Drop this owner's leases: all, or those of `unit_ids`, but those of `keep`."""
         c = self.col
         sql = (
             f"UPDATE {self.table} SET {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
             f"WHERE {c['lease_owner']} = ?"
         )
-        if unit_ids is None:
-            return Statement(sql, (owner,))
+        params: list[Any] = [owner]
         # One JSON parameter for any number of ids: D1 allows only 100 bound parameters.
-        sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
-        return Statement(sql, (owner, json.dumps(list(unit_ids))))
+        if unit_ids is not None:
+            sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps([id_param(i) for i in unit_ids]))
+        if keep:
+            sql += f" AND {self.id} NOT IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps([id_param(i) for i in keep]))
+        return Statement(sql, tuple(params))
 
     def transfer(
         self, unit_ids: Sequence[Any], owner: str, new_owner: str, expires: float

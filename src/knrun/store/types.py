@@ -35,6 +35,9 @@ class UnitResult:
     attempt_id: str = ""  # unique per request knrun made: keys the charges table
     billed_ticks: int | None = None
     tracked_ticks: int = 0
+    cached_tokens: int = 0  # of input_tokens, served from the prompt cache
+    reasoning_tokens: int = 0  # of output_tokens
+    latency_ms: int | None = None  # from sending to the reply, for the run report
 
     @property
     def charged(self) -> bool:
@@ -63,6 +66,11 @@ class UnitFailure:
     possible_ticks: int = 0
     expected_ticks: int = 0
     request_hash: str = ""  # what was sent: request-bound failures are retried once it changes
+    input_tokens: int = 0  # from the reply's usage, when a reply came
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    latency_ms: int | None = None
 
     @property
     def error_text(self) -> str:
@@ -85,7 +93,29 @@ class AttemptRefund:
     run_id: str
 
 
-Outcome = UnitResult | UnitFailure | AttemptRefund
+@dataclass(frozen=True)
+class PossibleCharge:
+    """A request that may have been billed and has no outcome of its own: cut off by a second
+    Ctrl-C or a kill -9 while in flight. Only its money is written (a charge row, at its worst
+    case); the unit stays eligible, since the stop was the operator's, not the unit's."""
+
+    unit_id: Any
+    run_id: str
+    attempt_id: str
+    possible_ticks: int
+    expected_ticks: int
+    processed_at: str
+    reason: str = "interrupted"
+    billed_ticks: None = None
+    tracked_ticks: int = 0
+
+    @property
+    def charged(self) -> bool:
+        return True
+
+
+Outcome = UnitResult | UnitFailure | AttemptRefund | PossibleCharge
+Charged = UnitResult | UnitFailure | PossibleCharge
 
 
 @dataclass
@@ -121,21 +151,33 @@ class Money:
     tracked_ticks: int = 0  # pricing.toml x usage, every reply
     unbilled_replies: int = 0  # replies without cost_in_usd_ticks
     unbilled_tracked_ticks: int = 0  # those replies at pricing.toml's prices
-    possible_requests: int = 0  # timed out or dropped after sending: may have been billed
+    possible_requests: int = 0  # timed out, dropped or cut off after sending: maybe billed
     possible_ticks: int = 0  # their worst case
     expected_ticks: int = 0  # their best estimate
+    # What the replies bought, in tokens (prompt tokens include the cached ones; output tokens
+    # the reasoning ones): the prompt cache's share, and the run report.
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
 
-    def add(self, outcome: UnitResult | UnitFailure) -> None:
+    def add(self, outcome: Charged) -> None:
         if not outcome.charged:
             return
         self.requests += 1
-        if isinstance(outcome, UnitFailure) and outcome.possible_ticks:
+        if isinstance(outcome, PossibleCharge) or (
+            isinstance(outcome, UnitFailure) and outcome.possible_ticks
+        ):
             self.possible_requests += 1
             self.possible_ticks += outcome.possible_ticks
             self.expected_ticks += outcome.expected_ticks
             return
         self.replies += 1
         self.tracked_ticks += outcome.tracked_ticks
+        self.input_tokens += outcome.input_tokens
+        self.cached_tokens += outcome.cached_tokens
+        self.output_tokens += outcome.output_tokens
+        self.reasoning_tokens += outcome.reasoning_tokens
         if outcome.billed_ticks is None:
             self.unbilled_replies += 1
             self.unbilled_tracked_ticks += outcome.tracked_ticks
@@ -162,6 +204,14 @@ class Money:
     @property
     def possible_share(self) -> float:
         return self.possible_requests / self.requests if self.requests else 0.0
+
+    @property
+    def cache_share(self) -> float | None:
+        """Of the prompt tokens bought, the share served from xAI's prompt cache."""
+        return self.cached_tokens / self.input_tokens if self.input_tokens else None
+
+    def plus(self, other: Money) -> Money:
+        return Money(**{name: getattr(self, name) + getattr(other, name) for name in _MONEY})
 
 
 @dataclass
@@ -239,3 +289,6 @@ class UnitStore(Protocol):
     async def runs(self, limit: int = 20, kind: str | None = None) -> list[RunRecord]: ...
 
     async def close(self) -> None: ...
+
+
+_MONEY = tuple(Money.__dataclass_fields__)

@@ -152,7 +152,11 @@ class Collector:
                 self.control.request_stop(*taken.stop)
             return
         handle.collected += 1
-        await self.record(taken)
+        handle.taking += 1  # outstanding until the ledger has it (the submitter's gate reads it)
+        try:
+            await self.record(taken)
+        finally:
+            handle.taking -= 1
 
     # -- the request list -------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class BatchHandle:
     cancelled: bool = False  # cancelled at xAI (by anyone): nothing more can be added
     closed: bool = False  # nothing of it awaits anything: every result is in or given back
     collected: int = 0  # results taken in by this run
+    taking: int = 0  # results being taken in (judged and spooled) now
 
     @property
     def owner(self) -> str:
@@ -69,8 +70,9 @@ class BatchHandle:
 
     @property
     def outstanding(self) -> int:
-        """Requests that may yet produce a result (and a bill)."""
-        return len(self.awaiting) + len(self.doubtful)
+        """Requests that may yet produce a result (and a bill), or whose result is being
+        taken in."""
+        return len(self.awaiting) + len(self.doubtful) + self.taking
 
     def counters(self) -> dict[str, Any] | None:
         return None if self.info is None else batch_counters(self.info)

@@ -1,9 +1,10 @@
 """Feeding a batch: units from the claimer, their leases handed to the batch, then added in
 chunks. A unit counts against the spend cap from the moment it is taken from the claimer's
 queue (at its worst case, as a request in flight does), and until the run's first drift check
-has passed, the batch holds no more than `STAGE_CHECKS` x `drift_every` requests: xAI bills a
-batch as it processes it, and the guards see a bill only once its result is collected, so the
-bulk of the corpus waits until the first results show the prices are true."""
+has passed, no more than `STAGE_CHECKS` x `drift_every` of this run's requests are outstanding
+or judged: xAI bills a batch as it processes it, and the guards see a bill only once its result
+is collected, so the bulk of the corpus waits until the first results show the prices are
+true."""
 
 from __future__ import annotations
 
@@ -104,11 +105,12 @@ class Submitter:
 
     def _space(self) -> int | None:
         """Requests that may be taken now (None: no limit): until the first drift check has
-        passed, the batch holds at most `STAGE_CHECKS` x `drift_every` of them in all."""
+        passed, this run has at most `STAGE_CHECKS` x `drift_every` requests outstanding or
+        judged (the check comes at `drift_every` judged, so this always leaves room for it)."""
         every = self.config.drift_every
         if self.ledger.verified or every >= UNSTAGED:
             return None
-        return max(0, STAGE_CHECKS * every - len(self.handle.held) - len(self.handle.doubtful))
+        return max(0, STAGE_CHECKS * every - self.handle.outstanding - self.state.processed)
 
     async def add(self, units: list[Unit], *, transfer: bool, adds: int = 1) -> None:
         """Add units to the batch: their leases first pass to the batch (a run that dies right
