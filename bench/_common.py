@@ -135,6 +135,8 @@ async def run_scaled(
     runners: int = 1,
     run_id: str = "bench",
     on_runner: Callable[[Runner], None] | None = None,
+    known_limits: dict[str, float] | None = None,
+    tokens_per_request: int | None = None,
 ) -> Measured:
     """One run of the real Runner over `db` in a world scaled by `scale`: `concurrency`
     fixed, or auto up to `max_concurrency`; `runners` live runs share the account's limits."""
@@ -155,6 +157,8 @@ async def run_scaled(
         write_interval_s=2.0 * scale,
         time_scale=scale,
         store_retry_base_s=1.0 * scale,
+        known_limits=known_limits,
+        tokens_per_request_estimate=tokens_per_request,
     )
     finished: list[float] = []
 

@@ -71,7 +71,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from _common import EXAMPLES, JOB, PRICING, ROOT, job, table
+from _common import JOB, PRICING, ROOT, job, table
 from knrun.clock import utc_now
 from knrun.job import JobSpec
 from knrun.preflight.receipt import Receipt, save_receipt
@@ -147,7 +147,7 @@ def operator_folder(folder: Path, units: int) -> int:
     today = datetime.now(UTC).date()
     pricing = re.sub(r"verified_at = \S+", f"verified_at = {today}", PRICING.read_text())
     (folder / "pricing.toml").write_text(pricing)
-    shutil.copy(EXAMPLES / "checklist.md", folder / "checklist.md")
+    shutil.copy(ROOT / "checklist.md", folder / "checklist.md")
     source = folder / "units.jsonl"
     write_units(source, units)
     db = folder / "knrun.sqlite"

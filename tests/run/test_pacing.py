@@ -15,7 +15,7 @@ from conftest import FakeClock
 from knrun.pricing import Usage
 from knrun.run import launch
 from knrun.run.events import RunState, discard
-from knrun.run.pacing import AdaptivePacing
+from knrun.run.live.pacing import AdaptivePacing
 from knrun.store.types import RunRecord
 from knrun.xai import ChatReply, LimitClaim, RateHeaders, RateLimited
 
@@ -63,10 +63,34 @@ async def test_before_any_reply_slots_grow_with_the_oldest_request_out(clock: Fa
     assert pacing(clock, max_concurrency=50).limit() <= 50
 
 
-async def test_a_fixed_concurrency_holds_its_slots(clock: FakeClock) -> None:
+async def test_a_fixed_concurrency_holds_its_slots_and_starts_unpaced(clock: FakeClock) -> None:
+    """A plain pool of 50 has 50 in flight from its first moment; so does `--concurrency 50`
+    (it used to start its gate at 50 a second and grow 1.5x a second: 18 in flight after one
+    second where a plain pool had 50)."""
     paced = pacing(clock, max_concurrency=50, adaptive_concurrency=False)
     assert paced.limit() == 50
-    assert paced.rate.rate == 50.0  # and starts its gate at its own size a second
+    assert paced.rate.free
+    for _ in range(50):
+        await paced.before_send(0, 5000, None)
+    assert clock.slept == 0  # all fifty at once: nothing paced them
+
+
+async def test_a_remembered_limit_starts_the_pace_just_under_it(clock: FakeClock) -> None:
+    paced = pacing(clock, known={"requests": 20.0})
+    assert paced.rate.rate == pytest.approx(19.0)
+    sent_at = await paced.before_send(0, 5000, None)
+    paced.on_reply(reply(RateHeaders(limit_requests=30)), sent_at)  # a higher tier now
+    assert paced.rate.rate == pytest.approx(28.5)  # straight to it: a header is a fact
+
+
+async def test_the_first_header_takes_the_pace_straight_to_the_limit(clock: FakeClock) -> None:
+    """Auto starts at 4 requests/s; the first reply names the limit, and the pace goes there at
+    once instead of growing 1.5x a second (it took 17 s to pass 100 a second)."""
+    paced = pacing(clock)
+    assert paced.rate.rate == pytest.approx(4.0)
+    sent_at = await paced.before_send(0, 5000, None)
+    paced.on_reply(reply(RateHeaders(limit_requests=200)), sent_at)
+    assert paced.rate.rate == pytest.approx(190.0)
 
 
 async def test_the_gate_spaces_requests_one_interval_of_the_rate_apart(clock: FakeClock) -> None:
@@ -159,3 +183,20 @@ async def test_429s_for_a_request_long_out_do_not_count_towards_a_storm(clock: F
         storm = paced.on_refused(refused(), sent_at)
         paced.on_ended(sent_at)
     assert storm is not None and storm.startswith("rate-limit storm")
+
+
+async def test_a_random_429_costs_its_request_a_moment_a_full_window_a_backoff(
+    clock: FakeClock,
+) -> None:
+    paced = pacing(clock)
+    noise = RateLimited("429", 429, None, None, None)
+    sent_at = await paced.before_send(0, 5000, None)
+    paced.on_refused(noise, sent_at)
+    assert paced.backoff_s(1, None) <= 0.05  # nothing says a window is full: go again soon
+    full = RateLimited("429", 429, None, "second", LimitClaim("requests", 1.0, 5, 4))
+    for _ in range(4):
+        sent_at = await paced.before_send(0, 5000, None)
+    paced.on_refused(full, sent_at)
+    assert "requests" in paced.rate.limits  # believed: this run sent at the claimed limit
+    backoffs = [paced.backoff_s(3, None) for _ in range(20)]
+    assert max(backoffs) > 0.05  # a full window: the request backs off in full

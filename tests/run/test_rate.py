@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from conftest import FakeClock
-from knrun.run.rate import GROWTH_START, RateController, RollingSum
+from knrun.run.live.rate import GROWTH_START, RateController
+from knrun.run.live.ticks import RollingSum
 from knrun.xai import LimitClaim, RateHeaders
 
 TOKENS = 5_000
@@ -230,3 +231,17 @@ def test_a_prompt_over_the_whole_limit_is_too_large_to_send(clock: FakeClock) ->
     rate.replied(RateHeaders(limit_tokens=60_000), TOKENS)
     assert rate.too_large(59_000) is None
     assert rate.too_large(61_000) == 60_000
+
+
+def test_a_claim_far_below_what_this_run_gets_accepted_is_not_believed(clock: FakeClock) -> None:
+    """A 429 with the stock text "(actual/limit): 31/30" while 70 a second are accepted: no
+    limit of 30 a second let those through, so the claim is noise and caps nothing (it used to
+    cap a pool of 50 at 28.5 a second, halving it under random 429s)."""
+    rate = controller(clock, start_rps=100.0)
+    for _ in range(70):
+        rate.sent(TOKENS)
+        rate.replied(None, TOKENS)
+    claim = LimitClaim("requests", 1.0, 31, 30)
+    rate.sent(TOKENS)
+    assert rate.refused(clock.now, claim, TOKENS) is False  # noise: only it waits
+    assert "requests" not in rate.limits

@@ -240,10 +240,13 @@ def chat_body(**usage_overrides) -> dict:
 
 
 def client(clock: FakeClock, **overrides) -> XaiClient:
+    """Through httpx's own transport, which respx intercepts (chat's lean connection is tested
+    against a real server in test_wire.py)."""
     settings = {
         "api_key": SecretStr("xai-test-key-0123456789"),
         "base_url": API,
         "sleep": clock.sleep,
+        "transport": httpx.AsyncHTTPTransport(),
     }
     return XaiClient(**(settings | overrides))
 

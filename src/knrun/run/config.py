@@ -57,6 +57,12 @@ class RunConfig:
     # Output tokens (visible + reasoning) a unit is expected to use: with max_output_tokens, the
     # worst case of a request that may have been billed unseen. None: the job's estimate.
     output_tokens_estimate: int | None = None
+    # Tokens a request counts against a tokens-per-minute limit (prompt, cached included, and
+    # output, reasoning included), from this job's own history; None: a guess until replies say.
+    tokens_per_request_estimate: int | None = None
+    # The account's limits per second (requests, tokens) as the last run's replies said them:
+    # the pace starts just under them (`run/live/remembered.py`).
+    known_limits: dict[str, float] | None = None
     drift_every: int = 100
     drift_tolerance: Decimal = Decimal("0.20")
     # Charges of earlier work (a canary) that may reach the prepaid balance during this run.

@@ -27,10 +27,10 @@ from knrun.run.batch.handle import BatchHandle, BatchPlan
 from knrun.run.claimer import Claimer
 from knrun.run.config import RunConfig, RunResult
 from knrun.run.control import Control
-from knrun.run.engine import LiveEngine
 from knrun.run.events import Event, EventSink, RunState, discard
 from knrun.run.ledger import BalanceReader, Ledger, OthersReader
-from knrun.run.pacing import AdaptivePacing, scaled_clock, scaled_sleep
+from knrun.run.live.engine import LiveEngine
+from knrun.run.live.pacing import AdaptivePacing, scaled_clock, scaled_sleep
 from knrun.run.writer import Writer
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
@@ -126,13 +126,17 @@ class Runner:
     def _pacing(self, job: JobSpec, price: ModelPrice) -> AdaptivePacing:
         config = self.config
         output = config.output_tokens_estimate or job.estimate.output_tokens
-        # Tokens per request until replies say (the prompt is a guess; output dominates).
+        # Tokens per request until replies say: this job's own figures (the canary's, or its
+        # finished units': prompt with its cached part, output with its reasoning), else a
+        # guess at the prompt (the output dominates).
+        tokens = config.tokens_per_request_estimate or PROMPT_GUESS_TOKENS + output
         return AdaptivePacing(
             max_concurrency=config.workers,
-            # A fixed `--concurrency N` is the old pool: N in flight, paced only by 429s.
+            # A fixed `--concurrency N` is a pool of N in flight, paced by limits and 429s.
             adaptive_concurrency=config.max_concurrency is not None,
             max_rounds=config.max_429_rounds,
-            tokens_per_request=PROMPT_GUESS_TOKENS + output,
+            tokens_per_request=tokens,
+            known=config.known_limits,
             state=self.state,
             emit=self.emit,
             time_scale=config.time_scale,

@@ -48,6 +48,7 @@ async def go_config(
     run starts, after the spool's paid results are in the store (`run/approval.py`)."""
     receipt = receipt or go_receipt(ctx, price, options)
     canary_output = receipt.canary.get("output_tokens_per_unit")
+    canary_input = receipt.canary.get("input_tokens_per_unit")
     # Preflight's overshoot allowance was sized for this many in flight: go stays within it.
     planned = receipt.max_concurrency or options.max_concurrency
     concurrency, max_concurrency = concurrency_fields(
@@ -70,6 +71,9 @@ async def go_config(
         approval=approval,
         estimate_unit_ticks=receipt.estimate_unit_ticks,
         output_tokens_estimate=int(canary_output) if canary_output else None,
+        tokens_per_request_estimate=(
+            int(canary_input) + int(canary_output) if canary_input and canary_output else None
+        ),
         # The canary's charges can reach the prepaid balance during this run.
         balance_slack_ticks=int(receipt.canary.get("billed_ticks") or 0) + BALANCE_SLACK_TICKS,
         batch=options.batch,

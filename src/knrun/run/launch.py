@@ -22,6 +22,7 @@ from knrun.run.batch.runs import plan_for
 from knrun.run.coordinator import BalanceReader, OthersReader, RunConfig, Runner, RunResult
 from knrun.run.events import Event, EventSink
 from knrun.run.files import fit_open_files
+from knrun.run.live.remembered import recall, remember
 from knrun.run.lock import Identity, RunLock, new_run_id, this_identity
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
@@ -90,6 +91,9 @@ async def _launch(
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
     if config.approval is not None:
         config.cap_ticks = await _approved_cap(config.approval, store, spool, config.batch)
+    api_key = ctx.settings.require_xai_key().get_secret_value()
+    if config.known_limits is None:
+        config.known_limits = recall(STATE_DIR, job.model, api_key)
     identity = this_identity(STATE_DIR)
     await reap_dead_runs(store, identity, config.lease_s, request.events)
     total = await _eligible(store, config)
@@ -127,6 +131,8 @@ async def _launch(
     if request.on_runner is not None:
         request.on_runner(runner)
     result = await _run_recorded(store, record, runner, config.record_every_s)
+    # What the replies said of the account's limits: the next run starts just under them.
+    remember(STATE_DIR, job.model, api_key, runner.pacing.rate.limits)
     _fill(record, runner, result)
     try:
         await store.record_run(record)

@@ -34,6 +34,7 @@ class UnitCost:
     ticks: int
     output_tokens: int
     measured: bool  # from finished units (else rendered prompts and the job's default)
+    input_tokens: int = 0
 
 
 async def retry_config(
@@ -56,6 +57,7 @@ async def retry_config(
         cap_ticks=options.cap_ticks,
         estimate_unit_ticks=unit.ticks,
         output_tokens_estimate=unit.output_tokens,
+        tokens_per_request_estimate=unit.input_tokens + unit.output_tokens,
         failed_only=True,
         max_attempts=options.max_attempts,
         retry_reasons=None if options.all_reasons else TRANSIENT_REASONS,
@@ -72,11 +74,15 @@ async def retry_unit_cost(ctx: Context, price: ModelPrice) -> UnitCost:
         sample = [] if progress.done else await store.sample_failed(50)
     if progress.done and progress.avg_input_tokens is not None and progress.avg_output_tokens:
         tokens = round(progress.avg_input_tokens), round(progress.avg_output_tokens)
-        return UnitCost(price.estimate_ticks(*tokens), tokens[1], measured=True)
+        return UnitCost(
+            price.estimate_ticks(*tokens), tokens[1], measured=True, input_tokens=tokens[0]
+        )
     inputs = [prompt_tokens(ctx.job.render(unit)) for unit in sample]
     per_unit = round(sum(inputs) / len(inputs)) if inputs else 0
     output = ctx.job.estimate.output_tokens
-    return UnitCost(price.estimate_ticks(per_unit, output), output, measured=False)
+    return UnitCost(
+        price.estimate_ticks(per_unit, output), output, measured=False, input_tokens=per_unit
+    )
 
 
 async def exhausted_units(ctx: Context, max_attempts: int) -> list[dict[str, Any]]:

@@ -1,48 +1,40 @@
-"""The only code that talks to xAI: chat completions, the live model list, the API key's team,
-and the Management API's prepaid balance. Keys live only in the HTTP clients' headers."""
+"""The only code that talks to xAI: one client per run, with its connections (a lane per worker),
+its retry policy, and the calls of the Batch API (`call`); chat is `chat.py`'s, the account's
+reads `account.py`'s. Keys live only in the HTTP clients' headers."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import httpx
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from knrun.errors import ConfigError
 from knrun.http import Failure, failure_of, with_retries
+from knrun.xai.account import TICKS_PER_CENT, AccountCalls
+from knrun.xai.chat import CONNECT_TIMEOUT_S, ChatCalls, chat_body, proxied
 from knrun.xai.errors import (
-    RETRYABLE_CHAT,
     RETRYABLE_READ,
-    AuthFailed,
     BadRequest,
     BadResponse,
     Dropped,
     NotSent,
     Timeout,
-    UnreadableReply,
     XaiError,
     classify,
 )
 from knrun.xai.models import (
-    ApiKeyInfo,
-    ChatReply,
-    LiveModel,
-    LiveModelEntry,
-    RateHeaders,
     json_of,
-    parse_chat,
 )
+from knrun.xai.wire import Origin, Wire
 
-TICKS_PER_CENT = 10**8
-CONNECT_TIMEOUT_S = 10.0
+__all__ = ["CONNECT_TIMEOUT_S", "TICKS_PER_CENT", "XaiClient", "chat_body"]
 
 
-class XaiClient:
+class XaiClient(ChatCalls, AccountCalls):
     """One client per run. Keys live only in the HTTP clients' headers, never in messages.
 
     API requests go through one single-connection pool per lane (the runner's worker index),
@@ -86,6 +78,11 @@ class XaiClient:
         self._new_lane = new_lane
         self._lane_count = max(1, max_connections)
         self._lanes: dict[int, httpx.AsyncClient] = {}
+        # Chat goes over lean connections of its own (`wire`), but through httpx when a
+        # transport stands in (tests) or a proxy is set (httpx honours it; the wire does not).
+        self._origin = None if transport is not None or proxied() else Origin(base_url)
+        self._wires: dict[int, Wire] = {}
+        self._api_key, self._tls = api_key, tls
         self._api = self._lane(0)
         self._management: httpx.AsyncClient | None = None
         if management_key is not None:
@@ -112,112 +109,14 @@ class XaiClient:
         return lane
 
     async def aclose(self) -> None:
+        for wire in self._wires.values():
+            wire.close()
         for lane in self._lanes.values():
             await lane.aclose()
         if self._management is not None:
             await self._management.aclose()
 
     # -- calls ------------------------------------------------------------------------------------
-
-    async def chat(
-        self,
-        *,
-        model: str,
-        messages: list[dict[str, str]],
-        temperature: float,
-        max_completion_tokens: int,
-        response_schema: dict[str, Any],
-        schema_name: str,
-        reasoning_effort: str | None = None,
-        conv_id: str | None = None,
-        timeout_s: float | None = None,
-        lane: int = 0,
-    ) -> ChatReply:
-        """One chat completion with a JSON-Schema response format. Retried only when the
-        failure proves nothing was billed (no connection; a fast 5xx); a timeout or a dropped
-        connection after sending raises `PossiblyBilled`, never a second request.
-        Give each concurrent caller its own `lane`."""
-        body = chat_body(
-            model=model,
-            messages=messages,
-            temperature=temperature,
-            max_completion_tokens=max_completion_tokens,
-            response_schema=response_schema,
-            schema_name=schema_name,
-            reasoning_effort=reasoning_effort,
-        )
-        headers = {"x-grok-conv-id": conv_id} if conv_id else {}
-        seconds = timeout_s or self.chat_timeout_s
-        client = self._lane(lane)
-        response = await self._request(
-            client,
-            "POST",
-            "/chat/completions",
-            retry_on=RETRYABLE_CHAT,
-            deadline_s=seconds,
-            json=body,
-            headers=headers,
-            timeout=httpx.Timeout(seconds, connect=CONNECT_TIMEOUT_S),
-        )
-        reply = parse_chat(json_of(response, "/chat/completions"), model)
-        rate = RateHeaders.read(response.headers)
-        return reply if rate is None else replace(reply, rate=rate)
-
-    async def language_models(self) -> list[LiveModel]:
-        data = await self._read(self._api, "/language-models")
-        entries = data.get("models") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
-            raise UnreadableReply("xAI /language-models: no 'models' list in the reply")
-        try:
-            return [LiveModelEntry.model_validate(entry).to_live() for entry in entries]
-        except ValidationError as exc:
-            raise UnreadableReply(
-                f"xAI /language-models: unexpected entry: {exc.errors()[0]['msg']}"
-            ) from None
-
-    async def api_key_info(self) -> ApiKeyInfo:
-        data = await self._read(self._api, "/api-key")
-        if not isinstance(data, dict) or not data.get("team_id"):
-            raise UnreadableReply("xAI /api-key: no team_id in the reply")
-        blocked = any(
-            data.get(flag) for flag in ("team_blocked", "api_key_blocked", "api_key_disabled")
-        )
-        return ApiKeyInfo(team_id=str(data["team_id"]), name=data.get("name"), blocked=blocked)
-
-    async def team(self, configured: str | None) -> str:
-        """The team the Management API calls need: XAI_TEAM_ID, else the API key's own."""
-        return configured or (await self.api_key_info()).team_id
-
-    async def prepaid_balance_ticks(self, team_id: str) -> int:
-        """Remaining prepaid credit in ticks. The ledger counts purchases negative, so the
-        remaining amount is minus the total, in cents."""
-        if self._management is None:
-            raise AuthFailed("XAI_MANAGEMENT_KEY is not set: the prepaid balance cannot be read")
-        data = await self._read(self._management, f"/v1/billing/teams/{team_id}/prepaid/balance")
-        try:
-            cents = int(str(data["total"]["val"]))
-        except (KeyError, TypeError, ValueError):
-            raise UnreadableReply("xAI prepaid balance: no total.val in the reply") from None
-        return -cents * TICKS_PER_CENT
-
-    async def spending_limit_ticks(self, team_id: str) -> int | None:
-        """The team's monthly spending limit past prepaid credit, if any.
-
-        The reply's shape comes from community clients, not xAI's docs:
-        {"spendingLimits": {"effectiveSl": {"val": "<cents>"}, "effectiveHardSl": {...}}}.
-        Read defensively; None when absent."""
-        if self._management is None:
-            raise AuthFailed("XAI_MANAGEMENT_KEY is not set: spending limits cannot be read")
-        path = f"/v1/billing/teams/{team_id}/postpaid/spending-limits"
-        data = await self._read(self._management, path)
-        limits = data.get("spendingLimits") if isinstance(data, dict) else None
-        values = []
-        for key in ("effectiveHardSl", "effectiveSl"):
-            entry = limits.get(key) if isinstance(limits, dict) else None
-            if isinstance(entry, dict):
-                with contextlib.suppress(KeyError, TypeError, ValueError):
-                    values.append(int(str(entry["val"])))
-        return max(values) * TICKS_PER_CENT if values else None
 
     async def call(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
         """One JSON call of the Batch API (`knrun.xai.batch`). An idempotent one (a read, a
@@ -275,33 +174,6 @@ class XaiClient:
             secrets = [key.get_secret_value() for key in self._secrets]
             raise classify(response, secrets=secrets, elapsed_s=time.monotonic() - started)
         return response
-
-
-def chat_body(
-    *,
-    model: str,
-    messages: list[dict[str, str]],
-    temperature: float,
-    max_completion_tokens: int,
-    response_schema: dict[str, Any],
-    schema_name: str,
-    reasoning_effort: str | None,
-) -> dict[str, Any]:
-    """A chat completion request with a JSON-Schema response format: what a live call sends,
-    and what a batch request holds."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": temperature,
-        "max_completion_tokens": max_completion_tokens,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": schema_name, "schema": response_schema},
-        },
-    }
-    if reasoning_effort is not None:  # grok-4.20 and older refuse the parameter outright
-        body["reasoning_effort"] = reasoning_effort
-    return body
 
 
 def _transport_error(path: str, exc: httpx.HTTPError) -> Exception:

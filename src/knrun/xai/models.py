@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -28,10 +28,13 @@ class RateHeaders:
     remaining_tokens: int | None = None
 
     @classmethod
-    def read(cls, headers: httpx.Headers) -> RateHeaders | None:
+    def read(cls, headers: httpx.Headers | Mapping[str, str]) -> RateHeaders | None:
+        """From a reply's headers (httpx's, or a mapping with lower-cased names)."""
         values = {}
         for name in ("limit-requests", "remaining-requests", "limit-tokens", "remaining-tokens"):
             raw = headers.get(f"x-ratelimit-{name}")
+            if raw is None:
+                continue
             with contextlib.suppress(TypeError, ValueError):
                 values[name.replace("-", "_")] = int(float(raw))
         return cls(**values) if values else None

@@ -21,7 +21,7 @@ from knrun.run.config import RunConfig
 from knrun.run.control import Control
 from knrun.run.events import Event, RunState
 from knrun.run.ledger import Ledger
-from knrun.run.pacing import Pacing
+from knrun.run.live.pacing import Pacing
 from knrun.spool import InFlight
 from knrun.store.types import Unit
 from knrun.xai import (

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from knrun.run.events import Event, EventSink, RunState
 from knrun.run.guards import CircuitBreaker
-from knrun.run.rate import START_RPS, RateController
+from knrun.run.live.rate import START_RPS, RateController
 from knrun.xai import ChatReply, RateLimited
 
 BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 30.0
@@ -32,6 +32,9 @@ ROUND_S = 1.0
 ACCEPTED_AFTER_S = 2.0
 HEADROOM = 1.5  # concurrency allowed over rate x latency: latency varies
 BURST_S = 0.02  # the gate lets this much of a second's rate go at once (two requests at least)
+NOISE_RETRY_S = 0.05  # a request refused by a random 429 goes again within this
+NOISE_TRIES = 4  # refused this often, it backs off in full whatever the 429s look like
+FULL_WINDOW_S = 1.0  # after a full window's 429, retries back off in full for this long
 
 
 class Pacing(Protocol):
@@ -86,6 +89,7 @@ class AdaptivePacing:
         tokens_per_request: float,
         state: RunState,
         emit: EventSink,
+        known: dict[str, float] | None = None,
         time_scale: float = 1.0,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -99,12 +103,14 @@ class AdaptivePacing:
         self.max_concurrency, self.state, self.emit = max_concurrency, state, emit
         self.adaptive_concurrency = adaptive_concurrency
         self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()  # noqa: S311 (jitter, not secrets)
-        # A fixed pool starts at its own size a second (the old pool's first burst); auto starts
-        # low and grows, since it may be allowed thousands in flight.
-        start = START_RPS if adaptive_concurrency else max(START_RPS, float(max_concurrency))
+        # Known limits (remembered from earlier replies) start it just under them. Else a fixed
+        # pool starts unpaced, as a plain pool of that size would be, until a 429 or a header
+        # says more; auto starts low and grows, since it may be allowed thousands in flight.
+        start = START_RPS if adaptive_concurrency else math.inf
         self.rate = RateController(
-            clock=clock, tokens_per_request=tokens_per_request, start_rps=start
+            clock=clock, tokens_per_request=tokens_per_request, start_rps=start, known=known
         )
+        self._full_until = -math.inf  # a 429 of a full window came lately: back off in full
         self.breaker = CircuitBreaker(max_rounds, min_round_s=ROUND_S, max_round_s=BACKOFF_MAX_S)
         self.in_use = 0
         self.latency_s: float | None = None  # smoothed, of replies
@@ -182,7 +188,11 @@ class AdaptivePacing:
 
     def backoff_s(self, tries: int, retry_after: float | None) -> float:
         """Full jitter: anywhere up to base x 2^(tries-1), capped; a Retry-After is honoured
-        (xAI sends none; a proxy might)."""
+        (xAI sends none; a proxy might). A 429 that looks like noise (no known limit near, no
+        believable claim) costs its request only a moment: the gate paces its retry, and a
+        random 429 must not halve the run's pace."""
+        if retry_after is None and tries < NOISE_TRIES and self._clock() >= self._full_until:
+            return self._rng.uniform(0, NOISE_RETRY_S)
         ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (tries - 1))
         jitter = self._rng.uniform(0, ceiling)
         if retry_after is None:
@@ -208,6 +218,8 @@ class AdaptivePacing:
     def _take_token(self) -> float:
         """Take one request's token (0.0), or say how long until there is one."""
         rate, now = self.rate.current(), self._clock()
+        if math.isinf(rate):  # unpaced: the pool alone bounds it
+            return 0.0
         # Two at least: a timer that fires late must not cost its lateness (a bucket of one
         # would drop it, and run under the rate).
         burst = max(2.0, rate * BURST_S)
@@ -230,8 +242,10 @@ class AdaptivePacing:
 
     def on_refused(self, exc: RateLimited, sent_at: float) -> str | None:
         self.state.rate_limited += 1
-        self.rate.refused(sent_at, exc.claim, self._tokens_at.get(sent_at, 0))
+        full = self.rate.refused(sent_at, exc.claim, self._tokens_at.get(sent_at, 0))
         now = self._clock()
+        if full:
+            self._full_until = now + FULL_WINDOW_S
         # 429s come back fast; a request out ten times longer than the slowest of them was
         # accepted.
         self._refusal_s = max(now - sent_at, self._refusal_s)
@@ -273,7 +287,7 @@ class AdaptivePacing:
 
     def _publish(self) -> None:
         """The figures the panel and the run record show."""
-        self.state.rate_rps = self.rate.rate
+        self.state.rate_rps = 0.0 if self.rate.free else self.rate.rate
         self.state.concurrency = self.limit()
         self.state.rate_limit = self._describe_limit()
         self._wake_slots()
@@ -284,4 +298,6 @@ class AdaptivePacing:
             if (limit := self.rate.limits.get(kind)) is not None:
                 per = limit.per_s * (60 if kind == "tokens" else 1)
                 words.append(f"{per:,.0f} {unit} ({limit.source})")
-        return ", ".join(words) or "not known yet"
+        return ", ".join(words) or (
+            "not known yet (unpaced)" if self.rate.free else "not known yet"
+        )

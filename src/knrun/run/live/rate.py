@@ -5,6 +5,10 @@ a limit with an immediate 429, long before a slow reply would come back. So the 
 is what gets steered. Every `tick_s` (longer, until it has `MIN_TICK_SENDS` sends) the tick that
 ended is judged:
 
+- **Start** at the account's limit when it is known (remembered from an earlier run's replies,
+  `known`), else, with a fixed pool, unpaced (`free`: the pool alone bounds it, as a plain pool
+  would) until the first 429 or header, else at `START_RPS`. The first `x-ratelimit-limit-*`
+  header is a fact: the rate goes straight to just under it, from wherever it was.
 - **Grow** while nothing is refused: x1.5 a tick at the start, x1.1 later (after a hold).
 - **Saturated**: a tick sent faster, but got no more requests accepted than the best recent
   tick, and fewer than random 429s would explain. Sending more only buys 429s, so the rate drops
@@ -32,12 +36,19 @@ ended is judged:
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from knrun.run.live.ticks import (
+    HISTORY_TICKS,
+    MAX_TICK_S,
+    MIN_TICK_SENDS,
+    Limit,
+    RollingSum,
+    Tick,
+    flat,
+)
 from knrun.xai import LimitClaim, RateHeaders
 
 START_RPS = 4.0
@@ -45,111 +56,9 @@ MIN_RPS = 0.2
 GROWTH_START, GROWTH_STEADY = 1.5, 1.1
 REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.95  # of a known limit: headroom for jitter in the windows
 NEAR = 0.8  # a claim is believable when this run sent at least this share of it
+OVER_CLAIM = 1.2  # and had no more than this share of it accepted in its window
 HOLD_TICKS = 8  # ticks at a found limit before probing above it again
 DISTRUST_TICKS = 3  # ticks of >10% refused under a believed claim before it is dropped
-
-
-MIN_TICK_SENDS = 20  # a tick lasts until it has this many sends (or MAX_TICK_S): fewer is noise
-MAX_TICK_S = 10.0
-HISTORY_TICKS = 6
-
-
-@dataclass
-class Tick:
-    start: float
-    rate: float  # the rate in force during the tick
-    sent: int = 0
-    refused: int = 0
-    length: float = 1.0  # seconds, once the tick is over
-    sent_at: list[float] = field(default_factory=list)  # in order
-    refused_at: list[float] = field(default_factory=list)  # send times of the refused
-
-    def settled(self, lag_s: float) -> Tick:
-        """The tick as far as its outcomes are known when it ends: a request sent in its last
-        `lag_s` (how long a 429 takes to come back) may yet be refused, so the judged tick stops
-        before them (at half its length at most). Judging them as accepted would hide a storm
-        whenever 429s come back slowly next to the tick."""
-        cut = self.start + max(self.length - lag_s, self.length / 2)
-        sent = bisect.bisect_right(self.sent_at, cut)
-        refused = sum(1 for at in self.refused_at if at <= cut)
-        return Tick(self.start, self.rate, sent, refused, cut - self.start)
-
-    @property
-    def accepted(self) -> int:
-        return self.sent - self.refused
-
-    @property
-    def accepted_rate(self) -> float:
-        return self.accepted / self.length
-
-    @property
-    def sent_rate(self) -> float:
-        return self.sent / self.length
-
-    @property
-    def share(self) -> float:
-        return self.refused / self.sent if self.sent else 0.0
-
-
-@dataclass
-class Limit:
-    per_s: float  # requests per second, or tokens per second
-    source: str  # header | claim
-
-
-class RollingSum:
-    """Amounts added in the last `window_s` seconds, as a provider's rolling window counts
-    them. A refusal comes back within milliseconds, so its negative entry is nearly in order."""
-
-    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
-        self.window_s, self._clock = window_s, clock
-        self._entries: deque[tuple[float, int]] = deque()
-        self.total = 0
-
-    def add(self, at: float, amount: int) -> None:
-        self._expire()
-        self._entries.append((at, amount))
-        self.total += amount
-
-    def _expire(self) -> None:
-        horizon = self._clock() - self.window_s
-        while self._entries and self._entries[0][0] <= horizon:
-            self.total -= self._entries.popleft()[1]
-
-    def wait_for(self, need: int, allowed: float) -> float:
-        """Seconds until `need` more fits under `allowed`: the oldest entries leave first. What
-        can never fit beside anything goes alone, once the window is empty (never a wait that
-        never ends)."""
-        self._expire()
-        over = self.total + need - allowed
-        if over <= 0:
-            return 0.0
-        freed, now = 0, self._clock()
-        if need > allowed:
-            if self.total <= 0:
-                return 0.0
-            return max(self._entries[-1][0] + self.window_s - now, 1e-3)
-        for at, amount in self._entries:
-            freed += amount
-            if freed >= over:
-                return max(at + self.window_s - now, 1e-3)
-        return self.window_s
-
-
-def _flat(ticks: list[Tick]) -> bool:
-    """Accepted per second barely moved while sent per second grew by a third or more: the
-    slope of one on the other is under 30% of what random refusals would give."""
-    if len(ticks) < 4:
-        return False
-    xs = [tick.sent_rate for tick in ticks]
-    ys = [tick.accepted_rate for tick in ticks]
-    if max(xs) < 1.3 * min(xs):
-        return False
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
-    accepted_share = sum(tick.accepted for tick in ticks) / sum(tick.sent for tick in ticks)
-    return slope < 0.3 * accepted_share
 
 
 class RateController:
@@ -161,13 +70,20 @@ class RateController:
         start_rps: float = START_RPS,
         min_rps: float = MIN_RPS,
         tick_s: float = 1.0,
+        known: dict[str, float] | None = None,
     ) -> None:
+        """`start_rps` may be `math.inf` (free: unpaced until a 429 or a header); `known`:
+        limits per second remembered from earlier runs (requests, tokens), started under."""
         self._clock, self.tick_s = clock, tick_s
         self.rate, self.min_rps = start_rps, min_rps
         self.startup = True
         self.runners = 1
         self.tokens_per_request = max(tokens_per_request, 1.0)
-        self.limits: dict[str, Limit] = {}  # requests | tokens
+        self.limits: dict[str, Limit] = {
+            kind: Limit(per_s, "memory") for kind, per_s in (known or {}).items() if per_s > 0
+        }  # requests | tokens
+        if self.limits:
+            self.rate = self.cap()
         self.distrusted: set[str] = set()  # kinds whose claims proved to be about something else
         self._ticks: deque[Tick] = deque([Tick(clock(), start_rps)], maxlen=3)
         self._history: deque[Tick] = deque(maxlen=HISTORY_TICKS)  # judged ticks, latest last
@@ -189,20 +105,45 @@ class RateController:
         self.requests_1s.add(now, 1)
         self.tokens_60s.add(now, tokens)
 
-    def refused(self, sent_at: float, claim: LimitClaim | None, tokens: int = 0) -> None:
+    @property
+    def free(self) -> bool:
+        """Unpaced: nothing has been refused and no limit is known yet (a fixed pool)."""
+        return math.isinf(self.rate)
+
+    def refused(self, sent_at: float, claim: LimitClaim | None, tokens: int = 0) -> bool:
+        """A 429 for a request sent at `sent_at`; True when it was a full window (a limit
+        this run is at), False when it looks like noise (only that request need wait)."""
         now = self._advance()
+        if self.free:  # the first 429: pace from what was being sent
+            recent = sum(1 for at, _ in self._sends if at >= now - 1.0)
+            self.rate = max(self.min_rps, float(recent))
+            self._ticks[-1].rate = self.rate
         self.refusal_lag_s = max(0.95 * self.refusal_lag_s, now - sent_at)
         tick = next((t for t in reversed(self._ticks) if t.start <= sent_at), self._ticks[0])
         tick.refused += 1
         tick.refused_at.append(sent_at)
         self.requests_1s.add(sent_at, -1)  # refused: the provider did not count it
         self.tokens_60s.add(sent_at, -tokens)
-        if claim is not None and claim.kind not in self.distrusted and self._believable(claim):
-            per_s = claim.per_s
+        believed = (
+            claim is not None and claim.kind not in self.distrusted and self._believable(claim)
+        )
+        if claim is not None and believed:
             known = self.limits.get(claim.kind)
-            if known is None or known.source == "claim":
-                self.limits[claim.kind] = Limit(per_s, "claim")
+            if known is None or known.source in ("claim", "memory"):
+                self.limits[claim.kind] = Limit(claim.per_s, "claim")
                 self.rate = min(self.rate, self.cap())
+        return believed or self._near_a_limit(tokens)
+
+    def _near_a_limit(self, tokens: int) -> bool:
+        """This run's own sends fill 90% or more of a known limit's window now."""
+        requests, limit = self.limits.get("requests"), self.limits.get("tokens")
+        if (
+            requests is not None
+            and self.requests_1s.total + 1 >= 0.9 * requests.per_s / self.runners
+        ):
+            return True
+        per_minute = math.inf if limit is None else limit.per_s * 60.0 / self.runners
+        return self.tokens_60s.total + tokens >= 0.9 * per_minute
 
     def replied(self, headers: RateHeaders | None, total_tokens: int) -> None:
         self._advance()
@@ -210,10 +151,11 @@ class RateController:
         self.tokens_per_request += 0.05 * (max(total_tokens, 1) - self.tokens_per_request)
         if headers is None:
             return
+        learned = False
         if headers.limit_requests:
-            self.limits["requests"] = Limit(float(headers.limit_requests), "header")
+            learned |= self._learn("requests", float(headers.limit_requests))
         if headers.limit_tokens:
-            self.limits["tokens"] = Limit(headers.limit_tokens / 60.0, "header")
+            learned |= self._learn("tokens", headers.limit_tokens / 60.0)
         nearly_full = any(
             self._others_fill(limit, remaining, ours)
             for limit, remaining, ours in (
@@ -222,8 +164,20 @@ class RateController:
             )
         )
         if nearly_full and self._ticks[-1].rate <= self.rate:
-            self.rate = max(self.min_rps, self.rate * 0.9)
+            # Someone else fills the window: under what this run was sending, not up to it.
+            self.rate = max(self.min_rps, min(self.rate, self.cap()) * 0.9)
+        elif learned:  # a fact: just under it, whether the rate was below or above
+            self.rate = self.cap()
+            self._ticks[-1].rate = self.rate
         self.rate = min(self.rate, self.cap())
+
+    def _learn(self, kind: str, per_s: float) -> bool:
+        """A header's limit; True when it is news (unknown, or not this figure)."""
+        known = self.limits.get(kind)
+        if known is not None and known.source == "header" and known.per_s == per_s:
+            return False
+        self.limits[kind] = Limit(per_s, "header")
+        return True
 
     @staticmethod
     def _others_fill(limit: int | None, remaining: int | None, ours: int) -> bool:
@@ -328,7 +282,7 @@ class RateController:
         noise = sum(tick.refused for tick in below) / sum(tick.sent for tick in below)
         expected = done.sent * (1 - noise)
         deviation = math.sqrt(done.sent * noise * (1 - noise)) + 1
-        return done.accepted < expected - 2 * deviation or _flat([*history, done])
+        return done.accepted < expected - 2 * deviation or flat([*history, done])
 
     def _saturated(self, done: Tick) -> None:
         self.startup = False
@@ -363,8 +317,13 @@ class RateController:
         self._refused_under_claim = 0
 
     def _believable(self, claim: LimitClaim) -> bool:
-        """This run sent near what the claim says the limit is, in the claim's window."""
+        """This run sent near what the claim says the limit is, in the claim's window, and had
+        no more than that accepted in it: a limit of 30 a second cannot have let 70 through
+        (a 429 somewhere else in the provider, with a stock text)."""
         horizon = self._clock() - claim.window_s
         recent = [tokens for at, tokens in self._sends if at >= horizon]
         ours = len(recent) if claim.kind == "requests" else sum(recent)
+        window = self.requests_1s if claim.kind == "requests" else self.tokens_60s
+        if window.total > OVER_CLAIM * claim.limit:
+            return False
         return ours >= NEAR * claim.limit / self.runners
