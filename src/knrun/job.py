@@ -258,6 +258,13 @@ class JobSpec(_Strict):
     def _templates(self) -> tuple[string.Template, string.Template]:
         return string.Template(self.prompt.system), string.Template(self.prompt.user)
 
+    @cached_property
+    def shared_prefix(self) -> str:
+        """The system prompt when it is the same for every unit (no placeholders): the prefix
+        xAI's prompt cache can serve for all of them."""
+        system = self._templates[0]
+        return "" if system.get_identifiers() else system.template
+
     def render(self, unit: Mapping[str, Any]) -> list[dict[str, str]]:
         """Chat messages for one unit; the system prompt first, so units share a cached prefix."""
         values = {key: "" if value is None else str(value) for key, value in unit.items()}

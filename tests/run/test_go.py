@@ -224,3 +224,29 @@ def test_a_400_that_mentions_credit_is_a_bad_request_not_an_empty_account(
     figures = status()
     assert figures["failed_by_reason"] == {"bad_request": 3}
     assert figures["done"] == figures["total"] - 3
+
+
+def long_system_prompt() -> None:
+    """A system prompt of about 2,000 tokens, the same for every unit."""
+    job = Path("prompts/kn-1.6.toml")
+    text = job.read_text()
+    rules = " ".join(f"Rule {n}: write plainly, cite the unit's own words." for n in range(160))
+    text = text.replace('system = """', f'system = """{rules}\n', 1)
+    job.write_text(text)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_long_shared_prompt_the_cache_does_not_serve_is_warned_about(
+    ready: Path, xai_server: XaiSimulator, cached: bool
+) -> None:
+    long_system_prompt()
+    write_receipt(ready, estimate_unit_ticks=110_000_000)  # the job changed: dearer units
+    xai_server.scenario.prompt_cache = cached
+    code, _, err = knrun("go", "--concurrency", "5")
+    assert code == 0, err
+    share = status()["cache_share"]
+    log = "".join(path.read_text() for path in Path(".knrun/runs").glob("*.jsonl"))
+    if cached:
+        assert share > 0.5 and "cache_warning" not in log
+    else:
+        assert share == 0 and "cache_warning" in log

@@ -48,6 +48,8 @@ NOTABLE = {
     "batch_progress",
     "batch_wait",
     "batch_left_open",
+    "cache_warning",
+    "in_flight_settled",
 }
 PLAIN_EVERY_S = 10.0
 
@@ -87,6 +89,17 @@ def batch_figures(batch: dict[str, Any]) -> str:
     )
 
 
+def tokens_line(state: RunState) -> str:
+    """What the replies bought: prompt tokens and the prompt cache's share, output and its
+    reasoning part."""
+    money = state.money
+    cached = f"{money.cache_share:.0%} cached" if money.cache_share is not None else "none yet"
+    return (
+        f"{money.input_tokens:,} in ({cached}) · {money.output_tokens:,} out "
+        f"({money.reasoning_tokens:,} reasoning)"
+    )
+
+
 def pace(state: RunState) -> str:
     """How fast it sends and why: the pacing's rate, the limit it knows, units in flight
     against what it allows, and the share of requests answered 429 (for a batch run, the
@@ -108,6 +121,7 @@ def progress_line(state: RunState) -> str:
         f"{state.units_per_minute():.0f}/min · eta {_duration(state.eta_seconds())} · "
         f"spent {format_usd(state.money.spent_ticks)}{cap}"
         + (f" ({note})" if note else "")
+        + (f" · cache {share:.0%}" if (share := state.money.cache_share) is not None else "")
         + f" · {pace(state)} · write backlog {state.write_backlog}"
         + (f" · store errors {state.store_errors}" if state.store_errors else "")
     )
@@ -137,6 +151,7 @@ def panel(state: RunState) -> Panel:
     )
     if note := money_note(state):
         grid.add_row("unverified", f"[yellow]{note}[/]")
+    grid.add_row("tokens", tokens_line(state))
     reasons = ", ".join(f"{k} {v}" for k, v in state.failed_by_reason.most_common(4)) or "none"
     grid.add_row("failures", reasons)
     if state.batch is not None:

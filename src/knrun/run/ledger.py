@@ -28,6 +28,9 @@ OthersReader = Callable[[int], Awaitable[int]]
 # the request itself ("a 4xx nobody expected"), or answered something unreadable.
 _REQUEST_FAULTS = (judge.BAD_REQUEST, judge.PROMPT_TOO_LONG, judge.BAD_RESPONSE)
 UNBILLED_CHECK_EVERY = 20  # replies between balance checks while xAI sends no bills
+# The prompt cache: a shared prefix this long (tokens) that stays under this share cached after
+# this many replies is worth a warning (the bill is then several times what it could be).
+CACHE_PREFIX_TOKENS, CACHE_LOW_SHARE, CACHE_AFTER_REPLIES = 1024, 0.05, 50
 
 
 class Ledger:
@@ -59,6 +62,8 @@ class Ledger:
         # A drift check has passed over a full interval of this run's units: the prices are
         # true (a batch adds its bulk only after that).
         self.verified = False
+        self._prefix_tokens = prompt_tokens([{"content": job.shared_prefix}])
+        self._cache_checked = False
 
     async def start(self) -> None:
         if self._balance is not None:
@@ -80,6 +85,7 @@ class Ledger:
         if self.cap is not None and outcome.charged:
             self.cap.observe(outcome.billed_ticks or outcome.tracked_ticks)
         refunds = self._judge_failure_rate(judged)
+        self._watch_cache()
         if self.drift.due(self.state.processed):
             return refunds, self._reading()
         if (
@@ -109,6 +115,27 @@ class Ledger:
             self.control.request_stop(message, ExitCode.FAILURE_RATE)
             return self.failure_rate.window_refunds()
         return [refund] if already and refund is not None else []
+
+    def _watch_cache(self) -> None:
+        """Once: every prompt starts with the same long system prompt, yet next to nothing of
+        it comes from xAI's prompt cache."""
+        money = self.money
+        if self._cache_checked or money.replies < CACHE_AFTER_REPLIES:
+            return
+        self._cache_checked = True
+        share = money.cache_share or 0.0
+        if self._prefix_tokens >= CACHE_PREFIX_TOKENS and share < CACHE_LOW_SHARE:
+            self.emit(
+                Event(
+                    "cache_warning",
+                    f"prompt cache: {share:.1%} of prompt tokens were cached over "
+                    f"{money.replies} replies, although every prompt starts with the same "
+                    f"system prompt of about {self._prefix_tokens:,} tokens: cached input costs "
+                    f"{self.price.cached_input} against {self.price.input} USD per 1M, so the "
+                    "input bill is several times what it could be (xAI caches a prefix per "
+                    "conversation id; knrun sends one per worker as x-grok-conv-id)",
+                )
+            )
 
     # -- the cap ----------------------------------------------------------------------------------
 

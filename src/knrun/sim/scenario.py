@@ -216,6 +216,9 @@ class Scenario(_Data):
     faults: Faults = Faults()
     other_spender: OtherSpender | None = None
     batch: BatchBehaviour = BatchBehaviour()
+    # xAI serves a conversation's repeated system prompt from its cache (cheaper cached input);
+    # False: it never does (what a client without a conversation id gets).
+    prompt_cache: bool = True
     seed: int = 7
 
     def model(self, name: str) -> SimModel | None:

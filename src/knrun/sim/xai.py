@@ -302,7 +302,8 @@ class XaiSimulator:
             for m in messages
             if m.get("role") == "system"
         )
-        cached = system if conv_id and conv_id in self._conversations else 0
+        seen = conv_id is not None and conv_id in self._conversations
+        cached = system if seen and self.scenario.prompt_cache else 0
         if conv_id:
             self._conversations.add(conv_id)
         shape = self.scenario.output
