@@ -45,9 +45,9 @@ Figures, per client and simulated latency (min / median / max over the repeats):
 Reading them: the cookbook's main loop wakes every 1 ms whatever there is to do, and starts at
 most one request per wake. Its CPU therefore grows with the run's length (per unit, with the
 latency), and at 0 s latency it launches requests one by one, with only a handful in flight.
-knrun's fixed pool is paced too: it starts at N requests/s and grows x1.5 a tick (about a
-second) while nothing is refused, so at 0 s latency its first seconds are paced and the rest
-are bound by its CPU.
+knrun's fixed pool (`--concurrency N`) starts unpaced: N requests in flight from the first
+second, and it paces only once xAI announces or enforces a limit (none here), so at 0 s
+latency it is bound by its own CPU and the simulator's.
 """
 
 from __future__ import annotations

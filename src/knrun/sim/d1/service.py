@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import httpx
 
-from knrun.sim import d1_engine as engine
 from knrun.sim.asgi import (
     Receive,
     Request,
@@ -36,6 +35,7 @@ from knrun.sim.asgi import (
     read_request,
     send_response,
 )
+from knrun.sim.d1 import engine
 
 _ROUTE = re.compile(r"/accounts/(?P<account>[^/]+)/d1/database/(?P<db>[^/]+)/(?P<kind>query|raw)$")
 
