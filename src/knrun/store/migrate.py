@@ -3,16 +3,35 @@ tables added, idempotently."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from knrun.errors import ConfigError, StoreError
-from knrun.store.schema import CHARGE_COLUMNS, CHARGES_TABLE, RUN_COLUMNS, RUNS_TABLE
+from knrun.job import JobSpec
+from knrun.store.records import Rows
+from knrun.store.runs_sql import RunsSql
+from knrun.store.schema import (
+    CHARGE_COLUMNS,
+    CHARGES_TABLE,
+    RUN_COLUMNS,
+    RUNS_TABLE,
+    Statement,
+)
+from knrun.store.sql import UnitSql
 
-if TYPE_CHECKING:
-    from knrun.store.base import SqlUnitStore
+
+class SqlStore(Protocol):
+    """What migrating needs of a store (`SqlUnitStore` is one): its job, its statement
+    builders, and a way to run statements."""
+
+    job: JobSpec
+    sql: UnitSql
+    runs_sql: RunsSql
+
+    async def execute(self, statements: Sequence[Statement], *, idempotent: bool) -> list[Rows]: ...
 
 
-async def migrate(store: SqlUnitStore) -> list[str]:
+async def migrate(store: SqlStore) -> list[str]:
     info, runs_info, charges_info = await store.execute(
         [
             store.sql.table_info(),
@@ -68,7 +87,7 @@ async def migrate(store: SqlUnitStore) -> list[str]:
     return added
 
 
-async def check_where(store: SqlUnitStore) -> None:
+async def check_where(store: SqlStore) -> None:
     """The job's `where` compiles against this table (no row is read)."""
     try:
         await store.execute([store.sql.check_where()], idempotent=True)
@@ -81,7 +100,7 @@ async def check_where(store: SqlUnitStore) -> None:
         ) from None
 
 
-async def check_ids(store: SqlUnitStore) -> None:
+async def check_ids(store: SqlStore) -> None:
     """Results are written back by id: every row of the job needs one of its own."""
     [[row]] = await store.execute([store.sql.id_problems()], idempotent=True)
     missing, repeated = int(row["missing"] or 0), int(row["repeated"] or 0)

@@ -1,15 +1,13 @@
-"""The SQL of one job's units table: eligibility, claims, writes, leases and progress.
-Identifiers are quoted and values bound, as `schema.py` describes."""
+"""The SQL of one job's units table: its schema, eligibility, claims and progress (writes
+and leases in `unit_writes.py`). Identifiers are quoted and values bound, as `schema.py`
+describes."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
-from knrun.job import JobSpec
-from knrun.pricing import ticks_to_usd
 from knrun.store.schema import (
     BATCH_OWNER_PREFIX,
     BOOKKEEPING_COLUMNS,
@@ -18,23 +16,14 @@ from knrun.store.schema import (
     MIN_ROWID,
     POSITION,
     Statement,
-    id_param,
     quote,
 )
-from knrun.store.types import AttemptRefund, UnitFailure, UnitResult
+from knrun.store.unit_writes import UnitWrites
 
 
-class UnitSql:
-    """Statement builders for one job's table, version and columns."""
-
-    def __init__(self, job: JobSpec) -> None:
-        self.job = job
-        self.table = quote(job.source.table)
-        self.id = quote(job.source.id)
-        self.version = job.version
-        prefix = job.source.prefix
-        self.col = {name: quote(prefix + name) for name in BOOKKEEPING_COLUMNS}
-        self.input_columns = [job.source.id, *job.source.columns]
+class UnitSql(UnitWrites):
+    """Statement builders for one job's table: its schema, eligibility, claims and progress
+    here; the writes and leases in `unit_writes.py`, the shared clauses in `unit_table.py`."""
 
     # -- schema -----------------------------------------------------------------------------------
 
@@ -53,53 +42,7 @@ class UnitSql:
     def add_column(self, name: str, sql_type: str) -> Statement:
         return Statement(f"ALTER TABLE {self.table} ADD COLUMN {quote(name)} {sql_type}")
 
-    # -- eligibility ------------------------------------------------------------------------------
-
-    def _not_done(self) -> str:
-        pv = self.col["prompt_version"]
-        return f"({pv} IS NULL OR {pv} != ?)"
-
-    def _resume_clause(self) -> tuple[str, tuple[Any, ...]]:
-        """The job's rows not done and not failed at this version (failures belong to retry).
-        A row without an id is never taken: its result could not be written back."""
-        sv = self.col["status_version"]
-        clause = (
-            f"({self.job.source.where}) AND {self.id} IS NOT NULL AND {self._not_done()} "
-            f"AND ({sv} IS NULL OR {sv} != ?)"
-        )
-        return clause, (self.version, self.version)
-
-    def _failed_here(self) -> str:
-        """No result at this version and the last attempt at it failed (params: v, v)."""
-        c = self.col
-        return f"({self._not_done()} AND {c['status_version']} = ? AND {c['status']} = 'failed')"
-
-    def _reason(self) -> str:
-        """The failure reason: the error text up to its first ':' ("invalid_json: ...")."""
-        error = self.col["error"]
-        return (
-            f"CASE WHEN instr({error}, ':') > 0 THEN substr({error}, 1, instr({error}, ':') - 1) "
-            f"ELSE COALESCE({error}, 'unknown') END"
-        )
-
-    def _retry_clause(
-        self, max_attempts: int, reasons: Sequence[str] | None = None
-    ) -> tuple[str, tuple[Any, ...]]:
-        """Failed units to retry: under the attempt limit and, when `reasons` is given, failed
-        for one of them or failed for a request that has changed since."""
-        c = self.col
-        clause = f"({self.job.source.where}) AND {self.id} IS NOT NULL AND {self._failed_here()}"
-        params: tuple[Any, ...] = (self.version, self.version)
-        if max_attempts > 0:
-            clause += f" AND COALESCE({c['attempts']}, 0) < ?"
-            params += (max_attempts,)
-        if reasons is not None:
-            clause += (
-                f" AND ({self._reason()} IN (SELECT value FROM json_each(?)) "
-                f"OR COALESCE({c['request_hash']}, '') != ?)"
-            )
-            params += (json.dumps(list(reasons)), self.job.request_hash)
-        return clause, params
+    # -- eligibility and claims -------------------------------------------------------------------
 
     def sample_remaining(self, limit: int) -> Statement:
         """Inputs of up to `limit` remaining units, a random sample when there are more."""
@@ -225,144 +168,6 @@ class UnitSql:
 
     def has_rowid(self) -> Statement:
         return Statement(f"SELECT rowid FROM {self.table} LIMIT 0")
-
-    # -- writes -----------------------------------------------------------------------------------
-
-    def _attempts_expr(self) -> str:
-        # SQLite evaluates SET expressions against the row as it was before the UPDATE.
-        c = self.col
-        return (
-            f"{c['attempts']} = CASE WHEN {c['status_version']} = ? "
-            f"THEN COALESCE({c['attempts']}, 0) + 1 ELSE 1 END"
-        )
-
-    def write_result(self, result: UnitResult) -> Statement:
-        """Idempotent: only applies while no result for this version is stored (first wins)."""
-        c = self.col
-        assignments = [f"{quote(column)} = ?" for column in result.values]
-        params: list[Any] = list(result.values.values())
-        bookkeeping: list[tuple[str, Any]] = [
-            ("prompt_version", self.version),
-            ("model", result.model),
-            ("cost_usd", float(ticks_to_usd(result.cost_ticks).quantize(Decimal("1e-10")))),
-            ("cost_ticks", result.cost_ticks),
-            ("input_tokens", result.input_tokens),
-            ("output_tokens", result.output_tokens),
-            ("processed_at", result.processed_at),
-            ("run_id", result.run_id),
-            ("status_version", self.version),
-            ("attempt_id", result.attempt_id or None),
-        ]
-        assignments += [f"{c[name]} = ?" for name, _ in bookkeeping]
-        params += [value for _, value in bookkeeping]
-        assignments += [
-            f"{c['status']} = 'done'",
-            f"{c['error']} = NULL",
-            self._attempts_expr(),
-            f"{c['lease_owner']} = NULL",
-            f"{c['lease_expires']} = NULL",
-        ]
-        params.append(self.version)
-        sql = (
-            f"UPDATE {self.table} SET {', '.join(assignments)} "
-            f"WHERE {self.id} = ? AND {self._not_done()}"
-        )
-        return Statement(sql, (*params, id_param(result.unit_id), self.version))
-
-    def write_failure(self, failure: UnitFailure) -> Statement:
-        """Idempotent: requires the failing runner's lease, which the write itself clears."""
-        c = self.col
-        sql = (
-            f"UPDATE {self.table} SET {c['status']} = 'failed', {c['status_version']} = ?, "
-            f"{c['error']} = ?, {c['run_id']} = ?, {c['processed_at']} = ?, "
-            f"{c['attempt_id']} = ?, {c['request_hash']} = ?, "
-            f"{self._attempts_expr()}, {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
-            f"WHERE {self.id} = ? AND {c['lease_owner']} = ? AND {self._not_done()}"
-        )
-        params = (
-            self.version,
-            failure.error_text[:2000],
-            failure.run_id,
-            failure.processed_at,
-            failure.attempt_id or None,
-            failure.request_hash or None,
-            self.version,
-            id_param(failure.unit_id),
-            failure.owner,
-            self.version,
-        )
-        return Statement(sql, params)
-
-    def refund_attempt(self, refund: AttemptRefund) -> Statement:
-        """Take back the attempt a failure counted; once only, as it clears the attempt id."""
-        c = self.col
-        return Statement(
-            f"UPDATE {self.table} SET {c['attempts']} = MAX(COALESCE({c['attempts']}, 1) - 1, 0), "
-            f"{c['attempt_id']} = NULL WHERE {self.id} = ? AND {c['attempt_id']} = ?",
-            (id_param(refund.unit_id), refund.attempt_id),
-        )
-
-    def renew(self, owner: str, expires: float, unit_ids: Sequence[Any] | None = None) -> Statement:
-        """Extend every lease this owner holds (or those of `unit_ids`)."""
-        c = self.col
-        sql = f"UPDATE {self.table} SET {c['lease_expires']} = ? WHERE {c['lease_owner']} = ?"
-        if unit_ids is None:
-            return Statement(sql, (expires, owner))
-        sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
-        return Statement(sql, (expires, owner, json.dumps([id_param(i) for i in unit_ids])))
-
-    def lease_index(self) -> Statement:
-        """Leases are found by owner (renewal, release): without this, each is a table scan."""
-        name = quote(f"knrun_{self.job.source.table}_{self.job.source.prefix}lease")
-        return Statement(
-            f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} ({self.col['lease_owner']})"
-        )
-
-    def release(
-        self, owner: str, unit_ids: Sequence[Any] | None, keep: Sequence[Any] = ()
-    ) -> Statement:
-        """Drop this owner's leases: all, or those of `unit_ids`, but those of `keep`."""
-        c = self.col
-        sql = (
-            f"UPDATE {self.table} SET {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
-            f"WHERE {c['lease_owner']} = ?"
-        )
-        params: list[Any] = [owner]
-        # One JSON parameter for any number of ids: D1 allows only 100 bound parameters.
-        if unit_ids is not None:
-            sql += f" AND {self.id} IN (SELECT value FROM json_each(?))"
-            params.append(json.dumps([id_param(i) for i in unit_ids]))
-        if keep:
-            sql += f" AND {self.id} NOT IN (SELECT value FROM json_each(?))"
-            params.append(json.dumps([id_param(i) for i in keep]))
-        return Statement(sql, tuple(params))
-
-    def transfer(
-        self, unit_ids: Sequence[Any], owner: str, new_owner: str, expires: float
-    ) -> Statement:
-        """Hand these units' leases from `owner` to `new_owner` (a batch, before they are added
-        to it); returns the ids `new_owner` now holds of them. Applying it twice changes
-        nothing more, so a request whose reply was lost can be sent again."""
-        c = self.col
-        return Statement(
-            f"UPDATE {self.table} SET {c['lease_owner']} = ?, {c['lease_expires']} = ? "
-            f"WHERE {c['lease_owner']} IN (?, ?) "
-            f"AND {self.id} IN (SELECT value FROM json_each(?)) "
-            f"RETURNING CAST({self.id} AS TEXT) AS {ID_TEXT}, typeof({self.id}) AS {ID_TYPE}",
-            (new_owner, expires, owner, new_owner, json.dumps([id_param(i) for i in unit_ids])),
-        )
-
-    def release_prefix(self, owner_prefix: str, keep: Sequence[str] = ()) -> Statement:
-        """Drop leases whose owner starts with `owner_prefix`, but those of the owners in
-        `keep` (runs that are alive)."""
-        c = self.col
-        # substr, not LIKE: no escaping of '_' or '%', and D1 caps LIKE patterns at 50 bytes.
-        return Statement(
-            f"UPDATE {self.table} SET {c['lease_owner']} = NULL, {c['lease_expires']} = NULL "
-            f"WHERE substr({c['lease_owner']}, 1, ?) = ? "
-            f"AND {c['lease_owner']} NOT IN (SELECT value FROM json_each(?))",
-            (len(owner_prefix), owner_prefix, json.dumps(list(keep))),
-        )
 
     # -- reading progress -------------------------------------------------------------------------
 
