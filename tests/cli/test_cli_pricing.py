@@ -73,6 +73,27 @@ def test_check_fails_on_a_stale_verified_at(fresh_pricing: Path, xai_server: Xai
     assert knrun("pricing", "check", "--max-age-days", "10")[0] == 0
 
 
+def test_when_only_dates_are_stale_check_and_sync_say_so_in_a_line_not_a_page(
+    project: Path, xai_server: XaiSimulator
+) -> None:
+    path = project / "pricing.toml"
+    old = TODAY - timedelta(days=30)
+    path.write_text(re.sub(r"verified_at = \S+", f"verified_at = {old}", path.read_text()))
+    code, out, _ = knrun("pricing", "check")
+    assert code == 2 and "DIFFERS" not in out and "vs live (USD per 1M" not in out
+    assert re.search(r"pricing.toml vs live: every price matches \(\d+ prices of .*grok-4.3", out)
+    assert "verified_at" in out  # the FAIL lines: what is wrong
+    code, out, _ = knrun("pricing", "sync", "--dry-run")
+    assert code == 0 and "verified_at =" not in out and "@@" not in out
+    assert out.strip().endswith(
+        "every price matches the live list; would set today's verified_at date (only the "
+        "dates change)"
+    )
+    code, out, _ = knrun("pricing", "sync")
+    assert code == 0 and len(out.strip().splitlines()) == 1
+    assert knrun("pricing", "check")[0] == 0
+
+
 def test_check_without_a_key_is_one_line_and_exit_2(fresh_pricing: Path) -> None:
     code, _, err = knrun("pricing", "check")
     assert code == 2 and err.strip().startswith("error: XAI_API_KEY is not set")
@@ -84,7 +105,7 @@ def test_sync_writes_live_prices_and_today_keeping_comments(
     path = project / "pricing.toml"
     set_price(path, "grok-4.3", "output", "0.3788")
     code, out, _ = knrun("pricing", "sync", "--dry-run")
-    assert code == 0 and "-output = 0.3788" in out and "+output = 2.5" in out
+    assert code == 0 and "-output = 0.3788" in out and "+output = 2.5" in out  # a real diff
     assert "0.3788" in path.read_text()  # dry run wrote nothing
     code, out, _ = knrun("pricing", "sync")
     assert code == 0 and "updated grok-4.3" in out

@@ -69,3 +69,17 @@ def test_docs_document_every_status_json_key() -> None:
     section = DOCS["status.md"].split("## `knrun status --json`", 1)[1].split("\n#", 1)[0]
     for key in report:
         assert f"`{key}`" in section, f"status --json key {key} is not in docs/status.md"
+
+
+def test_docs_document_every_run_summary_json_key() -> None:
+    from collections import Counter
+
+    from knrun.commands.summary import RunSummary
+    from knrun.store.types import Money
+
+    summary = RunSummary(
+        "r", "go", 0, "ok", 1.0, 1, 1, 0, dict(Counter()), Money(), None, None, None, 0, 0, 0, 0, 0
+    )
+    section = DOCS["summary.md"].split("### `knrun go --json`", 1)[1].split("\n#", 1)[0]
+    for key in summary.to_json():
+        assert f"`{key}`" in section, f"go --json key {key} is not in docs/summary.md"

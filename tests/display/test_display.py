@@ -101,3 +101,30 @@ def test_store_trouble_shows_once_there_is_some() -> None:
     console = Console(width=140, record=True)
     console.print(panel(s))
     assert "4 store errors" in console.export_text()
+
+
+def test_off_a_terminal_a_burst_is_one_line_then_a_count_every_ten_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from io import StringIO
+
+    from knrun.display import console, live
+    from knrun.run.events import Event
+
+    log = StringIO()
+    monkeypatch.setattr(console.out, "_file", log)
+    now = [1000.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: now[0])
+    display = live.RunDisplay(live=False)
+    display.attach(state())
+    for round_ in (1, 2, 2, 3, 1):
+        display(Event("rate_limited", f"429s (round {round_})", {"rounds": round_}))
+    display(Event("unit_done"))
+    assert log.getvalue().count("rate_limited") == 1
+    now[0] += live.PLAIN_EVERY_S
+    display(Event("unit_done"))
+    lines = log.getvalue().splitlines()
+    assert lines[-1].endswith("rate_limited x4 more (rounds 1-3)")
+    assert "408/1000 units" in lines[-2]  # with the progress line
+    display.close()
+    assert log.getvalue().splitlines() == lines  # off a terminal, close adds nothing

@@ -88,6 +88,29 @@ def test_a_model_gone_from_the_live_list_fails_at_step_1_without_spending(
     assert ready.stats.chat_requests == 0 and not RECEIPT.exists()
 
 
+def test_preflight_json_is_one_object_on_stdout_for_pass_and_for_fail(
+    ready: XaiSimulator,
+) -> None:
+    code, out, err = knrun("preflight", "--json")
+    assert code == 0, err
+    result = json.loads(out)  # the checklist went to stderr
+    assert re.search(r"6 receipt\s+PASS", err)
+    assert result["ok"] is True and result["exit_code"] == 0 and result["failed_step"] is None
+    assert [step["number"] for step in result["steps"]] == [1, 2, 3, 4, 5, 5, 6]
+    assert all(step["ok"] and step["summary"] for step in result["steps"])
+    assert result["receipt"]["path"] == str(RECEIPT)
+    assert result["receipt"]["approved_usd"] == str(
+        Decimal(receipt()["approved_ticks"]).scaleb(-10).normalize()
+    )
+    assert result["estimate"]["remaining"] > 0 and "." in result["estimate"]["unit_usd"]
+    set_job_model("grok-3-fast")
+    code, out, err = knrun("preflight", "--json")
+    assert code == 2 and "preflight failed at step 1" in err
+    result = json.loads(out)
+    assert result["ok"] is False and result["failed_step"] == 1 and result["receipt"] is None
+    assert "not_listed" in result["steps"][0]["problems"]
+
+
 def test_the_incidents_retired_model_fails_at_step_1(ready: XaiSimulator) -> None:
     set_job_model("grok-3-fast")  # still answers the API, at legacy prices, without warning
     code, out, _ = knrun("preflight")

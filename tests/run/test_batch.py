@@ -176,6 +176,11 @@ def test_batch_list_and_cancel_for_the_operator(batch_ready: int, xai_server: Xa
     code, out, err = knrun("batch", "list")
     assert code == 0, err
     assert "batch_sim_0001" in out and "open" in out and f"{submitted:,} pending" in out
+    code, out, err = knrun("batch", "list", "--json")
+    assert code == 0, err
+    [listed] = json.loads(out)["batches"]
+    assert listed["batch_id"] == "batch_sim_0001" and listed["open"] is True
+    assert listed["xai"]["pending"] == submitted and listed["problem"] is None
     assert status()["leased"] == submitted
     run_now(xai_server, 30)
     code, out, err = knrun("batch", "cancel", "batch_sim_0001")

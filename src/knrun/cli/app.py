@@ -62,6 +62,13 @@ JobOption = Annotated[
         show_default=False,
     ),
 ]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="End with the result as one JSON object on stdout (all else goes to stderr).",
+    ),
+]
 PricingOption = Annotated[
     Path | None,
     typer.Option("--pricing", help="Pricing file. Default: pricing.toml.", show_default=False),

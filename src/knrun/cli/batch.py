@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from knrun.cli.app import JobOption, PricingOption, batch_app, guarded, run_async
+from knrun.cli.app import JobOption, JsonOption, PricingOption, batch_app, guarded, run_async
 from knrun.cli.session import RunCommand, finish, run_command
+from knrun.commands.batch import batches_json
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import console
 from knrun.display.live import batch_figures
@@ -33,9 +34,15 @@ MaxWaitOption = Annotated[
 
 @batch_app.command("list")
 @guarded
-def batch_list(job: JobOption = None) -> None:
+def batch_list(
+    job: JobOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Every batch knrun made for this store, newest first, with xAI's counters."""
     listed = run_async(ops.listing(load_context(job)))
+    if as_json:
+        console.json_result(batches_json(listed))
+        return
     if not listed:
         console.note("no batches: `knrun go --batch` makes one")
     for each in listed:

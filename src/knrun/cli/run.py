@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from knrun.cli.app import (
     ConcurrencyOption,
     JobOption,
+    JsonOption,
     MaxConcurrencyOption,
     PricingOption,
     app,
@@ -19,6 +21,7 @@ from knrun.cli.app import (
 )
 from knrun.cli.batch import collect
 from knrun.cli.session import RunCommand, finish, run_command
+from knrun.commands.summary import still_failing
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import checklist, console
 from knrun.errors import InputError, NotAuthorised
@@ -26,7 +29,7 @@ from knrun.pricing import ModelPrice
 from knrun.run.batch import ops
 from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY
 from knrun.run.go import GoOptions, go_config, go_receipt
-from knrun.run.retry import RetryOptions, exhausted_units, retry_config
+from knrun.run.retry import RetryOptions, retry_config
 
 MaxSpendOption = Annotated[
     str | None,
@@ -94,11 +97,10 @@ def go(
             show_default=False,
         ),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the job: every eligible unit, resumably, under the guards. Needs a passing
     `knrun preflight` receipt for this model, prompt and pricing, younger than 24 h."""
-    ctx = load_context(job)
-    price = load_pricing_for(pricing).price_for(ctx.job.model)
     options = GoOptions(
         concurrency=parse_concurrency(concurrency),
         max_concurrency=max_concurrency,
@@ -111,6 +113,13 @@ def go(
     )
     if (no_wait or max_wait is not None) and not batch:
         raise InputError("--no-wait and --max-wait go with --batch")
+    with console.results_to_stderr(as_json):
+        run_go(load_context(job), pricing, options, as_json=as_json)
+
+
+def run_go(ctx: Context, pricing: Path | None, options: GoOptions, *, as_json: bool) -> None:
+    price = load_pricing_for(pricing).price_for(ctx.job.model)
+    batch, max_concurrency = options.batch, options.max_concurrency
     if batch:
         collect_first(ctx, price, options)
     config = run_async(go_config(ctx, price, options))
@@ -122,7 +131,7 @@ def go(
             "allowance was sized for that many (run preflight with a higher --max-concurrency)"
         )
     command = RunCommand("go", ctx, price, config, live=console.is_terminal())
-    finish(run_async(run_command(command)))
+    finish(run_async(run_command(command)), as_json=as_json)
 
 
 def collect_first(ctx: Context, price: ModelPrice, options: GoOptions) -> None:
@@ -183,13 +192,13 @@ def retry(
             "schema_mismatch, prompt_too_long, bad_request) although it has not changed.",
         ),
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-run units that failed at this version, for cron: its own light preflight (model
     current, prices true, balance covers the cap), a lock against overlapping runs, plain log
     lines, the documented exit codes. By default only failures a second try can change
     (invalid_json, timeout, dropped, bad_response, retries_exhausted), and failures of a request
     that has changed since (the prompt, max_output_tokens, the model...)."""
-    ctx = load_context(job)
     options = RetryOptions(
         max_units=max_units,
         cap_ticks=parse_usd(max_spend, "--max-spend") or 0,
@@ -200,15 +209,13 @@ def retry(
         max_429_rounds=max_429_rounds,
         all_reasons=all_reasons,
     )
+    with console.results_to_stderr(as_json):
+        run_retry(load_context(job), pricing, options, as_json=as_json)
+
+
+def run_retry(ctx: Context, pricing: Path | None, options: RetryOptions, *, as_json: bool) -> None:
     table = load_pricing_for(pricing)
     price, config = run_async(retry_config(ctx, table, options, checklist.show_step))
     launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))
-    exhausted = run_async(exhausted_units(ctx, max_attempts))
-    if exhausted:
-        console.warn(
-            f"{len(exhausted)}{'+' if len(exhausted) == 20 else ''} units have failed "
-            f"{max_attempts} times and are no longer retried: "
-            + ", ".join(f"{row['unit_id']} ({row['error']})" for row in exhausted[:5])
-            + (" ..." if len(exhausted) > 5 else "")
-        )
-    finish(launched)
+    still = run_async(still_failing(ctx, options.max_attempts))
+    finish(launched, still=still, as_json=as_json)

@@ -7,9 +7,11 @@ import asyncio
 import signal
 from dataclasses import dataclass
 
+from knrun.commands.summary import StillFailing, summarize
 from knrun.context import STATE_DIR, Context
 from knrun.display import console
 from knrun.display.live import run_display
+from knrun.display.summary import show_summary
 from knrun.errors import ExitCode, RunStopped
 from knrun.pricing import ModelPrice, format_usd
 from knrun.run.awake import keep_awake
@@ -93,10 +95,15 @@ def _handle_signals(runner: Runner) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
-def finish(launched: Launched) -> None:
-    """The run's last word: a summary line, and its exit code."""
+def finish(launched: Launched, *, still: StillFailing | None = None, as_json: bool = False) -> None:
+    """The run's last word: its summary (and with `as_json`, the same as one JSON object on
+    stdout), a verdict line, and its exit code."""
     result = launched.result
     state = result.state
+    summary = summarize(launched, still=still)
+    show_summary(summary)
+    if as_json:
+        console.json_result(summary.to_json())
     text = (
         f"run {result.run_id}: {state.done} done, {state.failed} failed, billed "
         f"{format_usd(state.billed_ticks)} (tracked {format_usd(state.tracked_ticks)}); "

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from knrun.cli.app import JobOption, guarded, run_async, spool_app
+from knrun.cli.app import JobOption, JsonOption, guarded, run_async, spool_app
+from knrun.commands.spool import listing_json
 from knrun.context import load_context
 from knrun.display import console, tables
 from knrun.run import spool_ops
@@ -23,10 +24,18 @@ VersionOption = Annotated[
 
 @spool_app.callback()
 @guarded
-def spool_list(ctx: typer.Context) -> None:
+def spool_list(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+) -> None:
     """Pending and quarantined entries for every job and version (`knrun spool` alone)."""
-    if ctx.invoked_subcommand is None:
-        tables.show_spool(run_async(spool_ops.listing()))
+    if ctx.invoked_subcommand is not None:
+        return
+    listing = run_async(spool_ops.listing())
+    if as_json:
+        console.json_result(listing_json(listing))
+    else:
+        tables.show_spool(listing)
 
 
 @spool_app.command("replay")

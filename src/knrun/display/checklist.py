@@ -37,6 +37,12 @@ def show_step(step: Step) -> None:
         out.print(f"{indent}warning: {line}", markup=False, style="yellow")
 
 
+def step_words(step: Step) -> tuple[str, list[str], list[str]]:
+    """A step in words, for `preflight --json`: its summary, details and warnings."""
+    words = describe(step)
+    return words.summary, words.details, words.warnings
+
+
 def describe(step: Step) -> Words:
     render = _RENDERERS.get(step.title.split(" (")[0], _plain)
     words = render(step)

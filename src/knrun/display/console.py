@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 
@@ -28,3 +32,23 @@ def note(message: str) -> None:
 
 def is_terminal() -> bool:
     return out.is_terminal
+
+
+@contextmanager
+def results_to_stderr(enabled: bool) -> Iterator[None]:
+    """`--json`: while the command runs, what it would print on stdout (the panel, log lines,
+    tables) goes to stderr, so stdout holds the one JSON object `json_result` writes."""
+    if not enabled:
+        yield
+        return
+    out.file = sys.stderr
+    try:
+        yield
+    finally:
+        out.file = None  # type: ignore[assignment]  # back to whatever sys.stdout is then
+
+
+def json_result(value: dict[str, Any]) -> None:
+    """The command's result for a script: one JSON object on stdout, whatever `out` is now."""
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.flush()

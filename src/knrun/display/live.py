@@ -16,9 +16,10 @@ from rich.text import Text
 
 from knrun.display.console import out
 from knrun.pricing import format_usd
-from knrun.run.events import Event, RunState
+from knrun.run.events import Event, EventTally, RunState
 
-# Events worth a line of their own in plain mode (unit events are summarised instead).
+# Events worth a line of their own (unit events are summarised instead; the end of the run
+# is the summary's and the last line's).
 NOTABLE = {
     "run_started",
     "replayed",
@@ -37,7 +38,6 @@ NOTABLE = {
     "store_error",
     "drift_check",
     "balance_unavailable",
-    "run_finished",
     "batch_created",
     "batch_attached",
     "batch_resumed",
@@ -54,7 +54,7 @@ NOTABLE = {
 PLAIN_EVERY_S = 10.0
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
     minutes, secs = divmod(int(seconds), 60)
@@ -118,7 +118,7 @@ def progress_line(state: RunState) -> str:
     note = money_note(state)
     return (
         f"{state.processed}/{state.total} units ({state.done} ok, {state.failed} failed) · "
-        f"{state.units_per_minute():.0f}/min · eta {_duration(state.eta_seconds())} · "
+        f"{state.units_per_minute():.0f}/min · eta {duration(state.eta_seconds())} · "
         f"spent {format_usd(state.money.spent_ticks)}{cap}"
         + (f" ({note})" if note else "")
         + (f" · cache {share:.0%}" if (share := state.money.cache_share) is not None else "")
@@ -140,7 +140,7 @@ def panel(state: RunState) -> Panel:
         f"{state.processed:,} / {state.total:,}  ({state.done:,} ok, {state.failed:,} failed)",
     )
     grid.add_row(
-        "rate", f"{state.units_per_minute():.0f} units/min · eta {_duration(state.eta_seconds())}"
+        "rate", f"{state.units_per_minute():.0f} units/min · eta {duration(state.eta_seconds())}"
     )
     estimate = format_usd(state.estimate_ticks, 2) if state.estimate_ticks else "—"
     cap = format_usd(state.cap_ticks, 2) if state.cap_ticks else "none"
@@ -166,21 +166,30 @@ def panel(state: RunState) -> Panel:
     )
     parts: list[Table | Text] = [grid]
     if state.stopping:
-        parts.append(Text(f"stopping: {state.stopping}", style="bold yellow"))
+        # Wrapped, whatever the console's soft wrap: the reason is the line that matters.
+        parts.append(
+            Text(f"stopping: {state.stopping}", style="bold yellow", no_wrap=False, overflow="fold")
+        )
     return Panel(Group(*parts), title=f"knrun run {state.run_id}", title_align="left")
 
 
 class RunDisplay:
-    """An event sink that also renders the run. Attach the state once the runner exists."""
+    """An event sink that also renders the run. Attach the state once the runner exists.
+
+    Repeated events are folded (`EventTally`): the first of a burst gets a line, the rest a
+    count every PLAIN_EVERY_S, and the run summary has the totals."""
 
     def __init__(self, *, live: bool) -> None:
         self.live = live
         self.state: RunState | None = None
+        self.tally = EventTally()
         self._live: Live | None = None
         self._last_line = 0.0
 
     def attach(self, state: RunState) -> None:
         self.state = state
+        state.events = self.tally
+        self._last_line = time.monotonic()  # the first progress line once there is progress
         if self.live:
             self._live = Live(
                 get_renderable=lambda: panel(state),
@@ -191,13 +200,16 @@ class RunDisplay:
             self._live.start()
 
     def __call__(self, event: Event) -> None:
-        if event.kind in NOTABLE and not (event.kind == "drift_check" and event.message == "ok"):
-            self._line(f"{event.kind}: {event.message}")
-        elif not self.live and self.state is not None:
-            now = time.monotonic()
-            if now - self._last_line >= PLAIN_EVERY_S:
-                self._last_line = now
+        quiet = event.kind == "drift_check" and event.message == "ok"
+        if event.kind in NOTABLE and not quiet and self.tally.add(event):
+            self._line(f"{event.kind}: {_said(event)}")
+        now = time.monotonic()
+        if self.state is not None and now - self._last_line >= PLAIN_EVERY_S:
+            self._last_line = now
+            if not self.live:
                 self._line(progress_line(self.state))
+            for folded in self.tally.take_unshown():
+                self._line(folded)
 
     def _line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -205,11 +217,19 @@ class RunDisplay:
         target.print(f"{stamp} {text}", markup=False, highlight=False)
 
     def close(self) -> None:
+        """The panel's last frame stays on screen, drawn once (stopping the Live draws it);
+        the run's summary follows it, on a terminal or not."""
         if self._live is not None:
             self._live.stop()
             self._live = None
-        if self.state is not None:
-            out.print(panel(self.state) if self.live else progress_line(self.state), markup=False)
+
+
+def _said(event: Event) -> str:
+    """A stop's line names its cause ("credit exhausted"); the whole reason ends the run, so
+    a long message (xAI's credit text) is said once."""
+    if event.kind == "stopping" and ": " in event.message:
+        return event.message.split(": ", 1)[0] + " (the full reason ends the run)"
+    return event.message
 
 
 @contextmanager

@@ -200,16 +200,30 @@ def show_pricing(pricing: PricingTable, highlight: str | None, today: date) -> N
 
 
 def show_price_check(result: PriceCheck) -> None:
-    table = Table(
-        box=box.SIMPLE_HEAD, title="pricing.toml vs live (USD per 1M tokens)", title_justify="left"
-    )
-    for name in ("model", "price", "pricing.toml", "live", ""):
-        table.add_column(name, justify="right" if name in ("pricing.toml", "live") else "left")
-    for row in result.rows:
-        verdict = "[green]ok[/]" if row.ok else "[bold red]DIFFERS[/]"
-        live = "—" if row.live is None else format_price(row.live)
-        table.add_row(row.model, row.kind, format_price(row.file), live, verdict)
-    out.print(table)
+    """The prices that differ, in a table; those that match, counted on one line (a check
+    where only dates are stale is its FAIL lines, not a page of equal prices)."""
+    differing = [row for row in result.rows if not row.ok]
+    models = sorted({row.model for row in result.rows if row.ok})
+    matching = len(result.rows) - len(differing)
+    if differing:
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            title="pricing.toml vs live (USD per 1M tokens)",
+            title_justify="left",
+        )
+        for name in ("model", "price", "pricing.toml", "live", ""):
+            table.add_column(name, justify="right" if name in ("pricing.toml", "live") else "left")
+        for row in differing:
+            live = "—" if row.live is None else format_price(row.live)
+            table.add_row(row.model, row.kind, format_price(row.file), live, "[bold red]DIFFERS[/]")
+        out.print(table)
+    if matching:
+        every = "every price" if not differing else f"the other {matching} prices"
+        out.print(
+            f"pricing.toml vs live: {every} match{'es' if not differing else ''} "
+            f"({matching} prices of {', '.join(models)})",
+            markup=False,
+        )
     for line in result.notes:
         out.print(f"  note: {line}", markup=False, style="dim")
     for line in result.problems:
@@ -220,9 +234,19 @@ def show_sync(result: SyncResult, path: Path, *, dry_run: bool) -> None:
     if not result.changed:
         out.print(f"{path}: already matches the live list", markup=False)
         return
-    out.print(result.diff(path), markup=False, end="")
+    dates_only = not result.updated and not result.added
+    if not dates_only:  # else the diff is every model's verified_at line: nothing to review
+        out.print(result.diff(path), markup=False, end="")
     for line in result.warnings:
         out.print(f"warning: {line}", markup=False, style="yellow")
+    if dates_only:
+        done = "would set" if dry_run else "set"
+        out.print(
+            f"{path}: every price matches the live list; {done} today's verified_at date "
+            "(only the dates change)",
+            markup=False,
+        )
+        return
     done = "would update" if dry_run else "updated"
     summary = [f"{done} {', '.join(result.updated) or 'dates only'}"]
     if result.added:

@@ -12,7 +12,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from knrun.run.latency import LatencyHistogram
 from knrun.store.types import Money
+
+# Events that come in bursts (a 429 round, a store outage): the first is worth a line, the
+# rest a count (`rate_limited x12 (rounds 1-3)`).
+FOLDED = frozenset(
+    {
+        "rate_limited",
+        "store_error",
+        "spool_error",
+        "batch_wait",
+        "given_back",
+        "balance_unavailable",
+        "possibly_billed",
+        "reclaimed",
+        "quarantined",
+    }
+)
+_MESSAGES_KEPT = 1000  # messages remembered to spot a repeat: bounded, whatever the run
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,8 @@ class RunState:
     batch: dict[str, Any] | None = None  # a batch run's counters, as xAI last reported them
     batch_pages: int = 0  # result pages read
     batch_waits: int = 0  # Batch API calls waited out (429s, passing trouble)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # of the replies
+    events: EventTally = field(default_factory=lambda: EventTally())  # notable ones, counted
 
     @property
     def share_429(self) -> float:
@@ -94,3 +114,75 @@ class RunState:
         rate = self.units_per_minute(now) / 60
         left = max(self.total - self.processed, 0)
         return left / rate if rate > 0 else None
+
+
+@dataclass
+class KindCount:
+    """How often one kind of event came, in all and since its last line."""
+
+    count: int = 0
+    unshown: int = 0
+    rounds: tuple[int, int] | None = None  # rate_limited: the breaker's rounds, lowest-highest
+    unshown_rounds: tuple[int, int] | None = None
+
+    @staticmethod
+    def describe(count: int, rounds: tuple[int, int] | None, more: str = "") -> str:
+        low_high = "" if rounds is None else f" (rounds {rounds[0]}-{rounds[1]})"
+        if rounds is not None and rounds[0] == rounds[1]:
+            low_high = f" (round {rounds[0]})"
+        return f"x{count}{more}{low_high}"
+
+
+def _widen(span: tuple[int, int] | None, value: int) -> tuple[int, int]:
+    return (value, value) if span is None else (min(span[0], value), max(span[1], value))
+
+
+class EventTally:
+    """Folds repeated events into counts, for log lines a person reads: the first of a burst
+    (and the first time a message is said) gets a line, the repeats a count."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, KindCount] = {}
+        self._said: set[tuple[str, str]] = set()
+
+    def add(self, event: Event) -> bool:
+        """Count a notable event; True when it deserves a line of its own now."""
+        tally = self.kinds.setdefault(event.kind, KindCount())
+        tally.count += 1
+        rounds = event.data.get("rounds")
+        if isinstance(rounds, int):
+            tally.rounds = _widen(tally.rounds, rounds)
+        said = (event.kind, event.message)
+        repeat = (event.kind in FOLDED and tally.count > 1) or said in self._said
+        if event.kind not in FOLDED and len(self._said) < _MESSAGES_KEPT:
+            self._said.add(said)
+        if repeat:
+            tally.unshown += 1
+            if isinstance(rounds, int):
+                tally.unshown_rounds = _widen(tally.unshown_rounds, rounds)
+        return not repeat
+
+    def take_unshown(self) -> list[str]:
+        """A line per kind with repeats since its last line ("rate_limited x11 more ..."),
+        and they count as shown from now."""
+        lines = []
+        for kind, tally in self.kinds.items():
+            if tally.unshown:
+                more = tally.describe(tally.unshown, tally.unshown_rounds, " more")
+                lines.append(f"{kind} {more}")
+                tally.unshown, tally.unshown_rounds = 0, None
+        return lines
+
+    def repeated(self) -> list[str]:
+        """Every kind that came more than once, with its count: the run summary's events."""
+        return [
+            f"{kind} {tally.describe(tally.count, tally.rounds)}"
+            for kind, tally in self.kinds.items()
+            if tally.count > 1
+        ]
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return {
+            kind: {"count": tally.count, "rounds": list(tally.rounds) if tally.rounds else None}
+            for kind, tally in self.kinds.items()
+        }

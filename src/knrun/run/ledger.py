@@ -82,6 +82,8 @@ class Ledger:
         is safe in the spool."""
         outcome = judged.outcome
         self.money.add(outcome)
+        if outcome.latency_ms is not None:  # what the request took, for the run's summary
+            self.state.latency.add(outcome.latency_ms)
         if self.cap is not None and outcome.charged:
             self.cap.observe(outcome.billed_ticks or outcome.tracked_ticks)
         refunds = self._judge_failure_rate(judged)

@@ -4,7 +4,6 @@ the failure reasons it takes, and the units that have used up their attempts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from knrun.context import Context
 from knrun.errors import RunStopped
@@ -83,8 +82,3 @@ async def retry_unit_cost(ctx: Context, price: ModelPrice) -> UnitCost:
     return UnitCost(
         price.estimate_ticks(per_unit, output), output, measured=False, input_tokens=per_unit
     )
-
-
-async def exhausted_units(ctx: Context, max_attempts: int) -> list[dict[str, Any]]:
-    async with ctx.open_store() as store:
-        return await store.exhausted(max_attempts)
