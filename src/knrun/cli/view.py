@@ -28,10 +28,10 @@ OutputOption = Annotated[
 @app.command("report")
 @guarded
 def report(job: JobOption = None, output: OutputOption = None) -> None:
-    """Write one self-contained HTML file (no script, nothing fetched) of the job's runs:
-    spend and units over time, throughput and latency, prompt cache share, failures by
-    reason, for every run together and for each recent run. Default file:
-    knrun-report-<job>.html here."""
+    """An HTML report of the job's runs, in one self-contained file (no script, nothing
+    fetched): spend and units over time, throughput and latency, prompt cache share, failures
+    by reason, for all runs together and each recent run. Default file:
+    knrun-report-<job>.html here; prints its path."""
     path = run_async(write_report(load_context(job), output))
     console.note(str(path))
 
