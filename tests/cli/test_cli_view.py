@@ -12,6 +12,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -292,10 +293,12 @@ def test_export_an_unknown_format_is_exit_2(after_run: Path) -> None:
     assert code == 2 and err == "error: --format must be jsonl or csv, not 'xml'\n"
 
 
-def test_export_through_d1_matches_the_sqlite_export(
+def test_export_and_show_through_d1_match_the_sqlite_store_s(
     after_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = knrun("export", "--format", "csv")[1]
+    unit_id = str(done_units()[7]["id"])
+    local_unit = knrun("show", unit_id, "--json")[1]
     d1 = D1Simulator(after_run / "knrun.sqlite")  # the same units, behind the D1 REST API
     with serve_in_thread(d1) as origin:
         for name, value in {
@@ -308,7 +311,9 @@ def test_export_through_d1_matches_the_sqlite_export(
             monkeypatch.setenv(name, value)
         monkeypatch.setattr(export_command, "PAGE", 25)
         code, remote, err = knrun("export", "--format", "csv")
+        remote_unit = knrun("show", unit_id, "--json")[1]
     assert code == 0, err
+    assert json.loads(remote_unit) == json.loads(local_unit)
     assert remote == local and remote.count("\n") > 50
     assert d1.stats.requests >= len(done_units()) // 25
 
@@ -322,3 +327,20 @@ def test_report_before_any_run_says_there_is_nothing_yet(project: Path) -> None:
     assert page.count("<svg") == 1  # the corpus only
     assert "no charges recorded" in page and "no failed requests" in page
     assert "no runs recorded" in page
+
+
+def test_export_into_a_pipe_closed_early_ends_quietly_with_exit_0(after_run: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONWARNINGS"}
+    env["KNRUN_STORE"] = "sqlite:knrun.sqlite"
+    with subprocess.Popen(
+        [sys.executable, "-m", "knrun", "export"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert json.loads(process.stdout.readline())["id"] == done_units()[0]["id"]
+        process.stdout.close()  # like `head -1`
+        err = process.stderr.read()
+        assert process.wait(timeout=60) == 0
+    assert err == b""

@@ -4,6 +4,7 @@ left in the store."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -78,7 +79,12 @@ def export(
     ctx = load_context(job)
     chosen: Format = "csv" if fmt == "csv" else "jsonl"
     if output is None:
-        run_async(export_results(ctx, sys.stdout, chosen, every=every))
+        try:
+            run_async(export_results(ctx, sys.stdout, chosen, every=every))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped early (`knrun export | head`): what it took is what it wanted.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     try:
         with output.open("w", encoding="utf-8", newline="") as out:
