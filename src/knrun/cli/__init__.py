@@ -13,6 +13,7 @@ from knrun.cli import (  # noqa: F401
     run,
     spool,
     status,
+    view,
 )
 from knrun.cli.app import app
 

@@ -1,1 +1,1 @@
-"""What each command decides and computes, apart from its arguments and its printing."""
+"""The use cases behind the commands: what each decides and computes, apart from its CLI."""
