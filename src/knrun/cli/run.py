@@ -19,12 +19,14 @@ from knrun.cli.app import (
 )
 from knrun.cli.batch import collect
 from knrun.cli.session import RunCommand, finish, run_command
+from knrun.commands.go import check_approval_left, nothing_to_run
+from knrun.commands.retry import nothing_to_retry
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import checklist, console
-from knrun.errors import InputError, NotAuthorised
+from knrun.errors import InputError, NotAuthorised, RunStopped
 from knrun.pricing import ModelPrice
 from knrun.run.batch import ops
-from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY
+from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY, RunConfig
 from knrun.run.go import GoOptions, go_config, go_receipt
 from knrun.run.retry import RetryOptions, exhausted_units, retry_config
 
@@ -113,9 +115,12 @@ def go(
         raise InputError("--no-wait and --max-wait go with --batch")
     if batch:
         collect_first(ctx, price, options)
-    config = run_async(go_config(ctx, price, options))
-    if batch:
+        config = run_async(go_config(ctx, price, options))
         price = price.for_batch()  # every cost of the run at the batch rate
+    elif (live := live_config(ctx, price, options)) is not None:
+        config = live
+    else:
+        return
     if not batch and config.workers < min(options.concurrency or max_concurrency, max_concurrency):
         console.warn(
             f"at most {config.workers:,} units in flight: the preflight receipt's balance "
@@ -123,6 +128,32 @@ def go(
         )
     command = RunCommand("go", ctx, price, config, live=console.is_terminal())
     finish(run_async(run_command(command)))
+
+
+def live_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig | None:
+    """The live run's configuration; None (after saying so) when nothing is left to run, in
+    which case neither a receipt nor what is left of its approval matters."""
+
+    def idle() -> bool:
+        line = run_async(nothing_to_run(ctx))
+        if line is not None:
+            console.note(line)
+        return line is not None
+
+    try:
+        receipt = go_receipt(ctx, price, options)
+    except NotAuthorised:
+        if idle():
+            return None
+        raise
+    config = run_async(go_config(ctx, price, options, receipt))
+    try:
+        run_async(check_approval_left(ctx, config))
+    except RunStopped:
+        if idle():
+            return None
+        raise
+    return config
 
 
 def collect_first(ctx: Context, price: ModelPrice, options: GoOptions) -> None:
@@ -200,6 +231,9 @@ def retry(
         max_429_rounds=max_429_rounds,
         all_reasons=all_reasons,
     )
+    if (line := run_async(nothing_to_retry(ctx, options))) is not None:
+        console.note(line)
+        return
     table = load_pricing_for(pricing)
     price, config = run_async(retry_config(ctx, table, options, checklist.show_step))
     launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))
