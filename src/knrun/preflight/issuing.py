@@ -39,7 +39,7 @@ def build(
         remaining_units=estimate.remaining,
         estimate_ticks=estimate.total_ticks,
         estimate_unit_ticks=estimate.unit_ticks,
-        approved_ticks=math.ceil(estimate.total_ticks * MARGIN),
+        approved_ticks=approved(estimate),
         balance_ticks=balance[0],
         balance_source=balance[1],
         canary={
@@ -55,6 +55,14 @@ def build(
         # The units the estimate counted are this store's: `go` refuses the receipt elsewhere.
         store=ctx.target.describe(),
     )
+
+
+def approved(estimate: estimates.Estimate) -> int:
+    """The default cap of `go`: the estimate plus 15%, plus one unit at its worst case (twice
+    its estimate). The cap counts every unit it claims at that worst case, so without the last
+    term a run on budget could not claim its last units: a small run stopped at its cap with
+    units left (the balance step's overshoot allowance already covers them in flight)."""
+    return math.ceil(estimate.total_ticks * MARGIN) + 2 * estimate.unit_ticks
 
 
 async def record(store: SqlUnitStore, receipt: Receipt) -> None:

@@ -33,7 +33,7 @@ class Receipt:
     remaining_units: int
     estimate_ticks: int  # the remaining corpus at standard prices
     estimate_unit_ticks: int
-    approved_ticks: int  # estimate x 1.15: the default spend cap of `go`
+    approved_ticks: int  # estimate x 1.15 + one unit's worst case: the default cap of `go`
     balance_ticks: int | None
     balance_source: str  # management-api | attested
     canary: dict[str, Any] = field(default_factory=dict)
