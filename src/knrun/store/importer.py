@@ -1,4 +1,5 @@
-"""`knrun db import`: load units from JSONL or CSV into a local SQLite store, all or nothing.
+"""`knrun db import` into a local SQLite store: load units from JSONL or CSV, all or nothing
+(D1: `commands/db_import.py`, which reuses the checks here).
 
 The file is read twice: a first pass validates every row and infers column types, a second
 inserts or updates rows inside one transaction. A bad row stops the import before anything is
