@@ -113,21 +113,26 @@ def go(
     )
     if (no_wait or max_wait is not None) and not batch:
         raise InputError("--no-wait and --max-wait go with --batch")
-    if batch:
-        collect_first(ctx, price, options)
-        config = run_async(go_config(ctx, price, options))
-        price = price.for_batch()  # every cost of the run at the batch rate
-    elif (live := live_config(ctx, price, options)) is not None:
-        config = live
-    else:
-        return
-    if not batch and config.workers < min(options.concurrency or max_concurrency, max_concurrency):
+    config = batch_config(ctx, price, options) if batch else live_config(ctx, price, options)
+    if config is None:
+        return  # nothing to run, and said so
+    price = price.for_batch() if batch else price  # a batch run's costs at the batch rate
+    command = RunCommand("go", ctx, price, config, live=console.is_terminal())
+    finish(run_async(run_command(command)))
+
+
+def batch_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig:
+    collect_first(ctx, price, options)
+    return run_async(go_config(ctx, price, options))
+
+
+def warn_if_held_below(config: RunConfig, options: GoOptions) -> None:
+    wanted = min(options.concurrency or options.max_concurrency, options.max_concurrency)
+    if config.workers < wanted:
         console.warn(
             f"at most {config.workers:,} units in flight: the preflight receipt's balance "
             "allowance was sized for that many (run preflight with a higher --max-concurrency)"
         )
-    command = RunCommand("go", ctx, price, config, live=console.is_terminal())
-    finish(run_async(run_command(command)))
 
 
 def live_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig | None:
@@ -153,6 +158,7 @@ def live_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfi
         if idle():
             return None
         raise
+    warn_if_held_below(config, options)
     return config
 
 
@@ -237,6 +243,11 @@ def retry(
     table = load_pricing_for(pricing)
     price, config = run_async(retry_config(ctx, table, options, checklist.show_step))
     launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))
+    warn_exhausted(ctx, max_attempts)
+    finish(launched)
+
+
+def warn_exhausted(ctx: Context, max_attempts: int) -> None:
     exhausted = run_async(exhausted_units(ctx, max_attempts))
     if exhausted:
         console.warn(
@@ -245,4 +256,3 @@ def retry(
             + ", ".join(f"{row['unit_id']} ({row['error']})" for row in exhausted[:5])
             + (" ..." if len(exhausted) > 5 else "")
         )
-    finish(launched)
