@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from knrun.errors import ConfigError
 
 DEFAULT_SQLITE_PATH = "knrun.sqlite"
+# A `.env` key with one of these prefixes is meant for knrun; other keys are left alone.
+OUR_PREFIXES = ("XAI_", "GROK_", "CLOUDFLARE_", "D1_", "KNRUN_")
+# Read from the environment directly, not through Settings (the simulators' clock).
+OTHER_KEYS = ("KNRUN_SIM_TIME_SCALE",)
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,36 @@ class Settings(BaseSettings):
         return [name for name, value in values.items() if not value]
 
 
+def known_keys() -> list[str]:
+    """Every key Settings reads, under each of its names."""
+    names: list[object] = list(OTHER_KEYS)
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        names += alias.choices if isinstance(alias, AliasChoices) else [alias]
+    return [str(name) for name in names]
+
+
+def check_env_keys(env_file: Path) -> None:
+    """A misspelt key in `.env` (XAI_BASEURL) would be ignored, and knrun would use the
+    default it meant to replace: the real API, the real store. Refuse it, naming the key meant."""
+    if not env_file.is_file():
+        return
+    known = known_keys()
+    for key in dotenv_values(env_file):
+        if key.upper().startswith(OUR_PREFIXES) and key.upper() not in known:
+            closest = difflib.get_close_matches(key.upper(), known, n=1, cutoff=0.6)
+            meant = f"; did you mean {closest[0]}?" if closest else ""
+            raise ConfigError(
+                f"{env_file}: unknown key {key}{meant} (knrun reads only the keys in "
+                ".env.example; fix or remove it)"
+            )
+
+
 def load_settings(env_file: Path | None = Path(".env")) -> Settings:
-    """Settings from the environment plus `env_file`; a malformed value is a ConfigError."""
+    """Settings from the environment plus `env_file`; a malformed value or an unknown key of
+    knrun's is a ConfigError."""
+    if env_file is not None:
+        check_env_keys(env_file)
     try:
         return Settings(_env_file=env_file)
     except ValidationError as exc:

@@ -95,19 +95,6 @@ def test_a_bad_import_row_is_one_line_exit_2_and_nothing_written(project: Path) 
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'units'").fetchall() == []
 
 
-def test_import_refuses_a_d1_store(
-    project: Path, units_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name, value in {
-        "CLOUDFLARE_ACCOUNT_ID": "a",
-        "CLOUDFLARE_API_TOKEN": "t",
-        "D1_DATABASE_ID": "d",
-    }.items():
-        monkeypatch.setenv(name, value)
-    code, _, err = knrun("db", "import", str(units_file))
-    assert code == 2 and "KNRUN_STORE=sqlite:PATH" in one_line_error(err)
-
-
 def test_pricing_show_marks_the_jobs_model(project: Path) -> None:
     code, out, _ = knrun("pricing", "show")
     assert code == 0

@@ -124,6 +124,7 @@ def test_status_json_is_valid_with_the_documented_fields(project: Path) -> None:
         "avg_output_tokens",
         "last_processed_at",
         "counted_s_ago",
+        "figures_reused",
         "spool_pending",
         "spool_quarantined",
         "spool_pending_other_versions",

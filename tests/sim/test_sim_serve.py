@@ -35,6 +35,7 @@ def test_sim_serve_answers_xai_management_and_d1_on_one_port(tmp_path: Path) -> 
             "--d1-database",
             str(tmp_path / "d1.sqlite"),
         ],
+        cwd=tmp_path,  # no .env: the store is the default one
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -42,12 +43,21 @@ def test_sim_serve_answers_xai_management_and_d1_on_one_port(tmp_path: Path) -> 
     try:
         assert server.stdout is not None
         env = {}
+        printed = []
         while "KNRUN_STORE" not in env:
             line = server.stdout.readline()
             assert line, server.stderr.read() if server.stderr else "server died"
+            printed.append(line)
             if "=" in line and line.split("=")[0].isupper():
                 key, value = line.strip().split("=", 1)
                 env[key] = value
+        # Pasteable as it is: every other line a comment, and the D1 block says it moves the
+        # store, before its keys.
+        assert all(line.startswith("#") or not line.strip() or "=" in line for line in printed)
+        text = "".join(printed)
+        assert text.index("# xAI block") < text.index("XAI_BASE_URL=")
+        assert text.index("# D1 block: MOVES THE UNIT STORE") < text.index("CLOUDFLARE_")
+        assert "Your store is now sqlite:knrun.sqlite" in text
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while True:

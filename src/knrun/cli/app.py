@@ -14,6 +14,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from knrun import __version__
+from knrun.cli.usage import OneLineErrors
 from knrun.display import console
 from knrun.errors import ConfigError, ExitCode, KnrunError
 from knrun.pricing import usd_to_ticks
@@ -24,6 +25,7 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="knrun",
+    cls=OneLineErrors,
     help="Batch runner for large LLM generation jobs: prove a run is safe, then run it fast.",
     no_args_is_help=True,
     add_completion=False,

@@ -8,15 +8,20 @@ from typing import Annotated
 import typer
 
 from knrun.cli.app import JobOption, db_app, guarded, run_async
+from knrun.commands.db_import import import_into
 from knrun.context import Context, load_context
 from knrun.display import console
-from knrun.errors import ConfigError
-from knrun.store.importer import import_units
+from knrun.store.importer import ImportReport, import_units
 
 
 async def _migrate(ctx: Context) -> list[str]:
     async with ctx.open_store() as store:
         return await store.migrate()
+
+
+async def _import_d1(ctx: Context, file: Path) -> ImportReport:
+    async with ctx.open_store() as store:
+        return await import_into(store, file, ctx.job)
 
 
 @db_app.command("migrate")
@@ -38,11 +43,13 @@ def db_import(
     file: Annotated[Path, typer.Argument(help="Units as JSONL (one object per line) or CSV.")],
     job: JobOption = None,
 ) -> None:
-    """Load units into the local SQLite store: all rows or none; re-importing updates inputs."""
+    """Load units into the store (SQLite or D1): all rows or none; re-importing updates
+    inputs and keeps results."""
     ctx = load_context(job)
-    if ctx.target.kind != "sqlite" or ctx.target.path is None:
-        raise ConfigError("db import writes to a local SQLite store: set KNRUN_STORE=sqlite:PATH")
-    report = import_units(file, ctx.target.path, ctx.job)
+    if ctx.target.kind == "sqlite" and ctx.target.path is not None:
+        report = import_units(file, ctx.target.path, ctx.job)
+    else:
+        report = run_async(_import_d1(ctx, file))
     console.note(
         f"{file}: {report.rows} rows into {ctx.target.describe()} table {ctx.job.source.table} "
         f"({report.inserted} new, {report.updated} updated"

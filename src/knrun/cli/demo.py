@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from knrun.cli.app import app, guarded, sim_app
+from knrun.commands import sim_serve as serving
 from knrun.display import console
 from knrun.sim import demo as demo_run
 from knrun.sim.combined import Simulators
@@ -68,15 +69,11 @@ def sim_serve(
 ) -> None:
     """Serve the simulators on one loopback port until Ctrl-C, and print the settings that point
     knrun (or any client) at them."""
-    simulators = Simulators(
-        XaiSimulator(load_scenario(scenario) if scenario else None), D1Simulator(d1_database)
-    )
-    origin = f"http://{host}:{port}"
-    console.note(
-        f"simulators on {origin}: xAI at /v1, its Management API at /v1/billing, "
-        f"D1 at /client/v4 (database {d1_database}). Settings for knrun:"
-    )
-    for key, value in simulators.env(origin).items():
-        console.note(f"{key}={value}")
-    console.note("KNRUN_STORE=d1\n(Ctrl-C to stop)")
-    serve_forever(simulators, host, port)
+    xai = XaiSimulator(load_scenario(scenario) if scenario else None)
+    sock = serving.bind(host, port)  # a taken port is one error line, before anything else
+    origin = f"http://{host}:{sock.getsockname()[1]}"
+    simulators = Simulators(xai, D1Simulator(d1_database))
+    env = simulators.env(origin)
+    for line in serving.settings_text(env, origin, d1_database, serving.current_store()):
+        console.note(line)
+    serve_forever(simulators, host, port, sock=sock)

@@ -21,13 +21,16 @@ from knrun.cli.app import (
 )
 from knrun.cli.batch import collect
 from knrun.cli.session import RunCommand, finish, run_command
+from knrun.commands.go import check_approval_left, nothing_to_run
+from knrun.commands.retry import nothing_to_retry
 from knrun.commands.summary import still_failing
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import checklist, console
-from knrun.errors import InputError, NotAuthorised
+from knrun.display.summary import show_still_failing
+from knrun.errors import InputError, NotAuthorised, RunStopped
 from knrun.pricing import ModelPrice
 from knrun.run.batch import ops
-from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY
+from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY, RunConfig
 from knrun.run.go import GoOptions, go_config, go_receipt
 from knrun.run.retry import RetryOptions, retry_config
 
@@ -119,19 +122,61 @@ def go(
 
 def run_go(ctx: Context, pricing: Path | None, options: GoOptions, *, as_json: bool) -> None:
     price = load_pricing_for(pricing).price_for(ctx.job.model)
-    batch, max_concurrency = options.batch, options.max_concurrency
-    if batch:
-        collect_first(ctx, price, options)
-    config = run_async(go_config(ctx, price, options))
-    if batch:
-        price = price.for_batch()  # every cost of the run at the batch rate
-    if not batch and config.workers < min(options.concurrency or max_concurrency, max_concurrency):
+    batch = options.batch
+    config = batch_config(ctx, price, options) if batch else live_config(ctx, price, options)
+    if config is None:
+        nothing_done("go", as_json)
+        return
+    price = price.for_batch() if batch else price  # a batch run's costs at the batch rate
+    command = RunCommand("go", ctx, price, config, live=console.is_terminal())
+    finish(run_async(run_command(command)), as_json=as_json)
+
+
+def nothing_done(command: str, as_json: bool) -> None:
+    """With nothing to run (already said on the log), `--json` still ends with its object."""
+    if as_json:
+        console.json_result({"command": command, "ran": False, "exit_code": 0})
+
+
+def batch_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig:
+    collect_first(ctx, price, options)
+    return run_async(go_config(ctx, price, options))
+
+
+def warn_if_held_below(config: RunConfig, options: GoOptions) -> None:
+    wanted = min(options.concurrency or options.max_concurrency, options.max_concurrency)
+    if config.workers < wanted:
         console.warn(
             f"at most {config.workers:,} units in flight: the preflight receipt's balance "
             "allowance was sized for that many (run preflight with a higher --max-concurrency)"
         )
-    command = RunCommand("go", ctx, price, config, live=console.is_terminal())
-    finish(run_async(run_command(command)), as_json=as_json)
+
+
+def live_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfig | None:
+    """The live run's configuration; None (after saying so) when nothing is left to run, in
+    which case neither a receipt nor what is left of its approval matters."""
+
+    def idle() -> bool:
+        line = run_async(nothing_to_run(ctx))
+        if line is not None:
+            console.note(line)
+        return line is not None
+
+    try:
+        receipt = go_receipt(ctx, price, options)
+    except NotAuthorised:
+        if idle():
+            return None
+        raise
+    config = run_async(go_config(ctx, price, options, receipt))
+    try:
+        run_async(check_approval_left(ctx, config))
+    except RunStopped:
+        if idle():
+            return None
+        raise
+    warn_if_held_below(config, options)
+    return config
 
 
 def collect_first(ctx: Context, price: ModelPrice, options: GoOptions) -> None:
@@ -214,6 +259,15 @@ def retry(
 
 
 def run_retry(ctx: Context, pricing: Path | None, options: RetryOptions, *, as_json: bool) -> None:
+    if (line := run_async(nothing_to_retry(ctx, options))) is not None:
+        console.note(line)
+        still = run_async(still_failing(ctx, options.max_attempts))
+        show_still_failing(still)
+        if as_json:
+            console.json_result(
+                {"command": "retry", "ran": False, "exit_code": 0, "still_failing": still.to_json()}
+            )
+        return
     table = load_pricing_for(pricing)
     price, config = run_async(retry_config(ctx, table, options, checklist.show_step))
     launched = run_async(run_command(RunCommand("retry", ctx, price, config, live=False)))

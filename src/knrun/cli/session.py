@@ -7,6 +7,7 @@ import asyncio
 import signal
 from dataclasses import dataclass
 
+from knrun.commands.go import continue_hint
 from knrun.commands.summary import StillFailing, summarize
 from knrun.context import STATE_DIR, Context
 from knrun.display import console
@@ -107,7 +108,7 @@ def finish(launched: Launched, *, still: StillFailing | None = None, as_json: bo
     text = (
         f"run {result.run_id}: {state.done} done, {state.failed} failed, billed "
         f"{format_usd(state.billed_ticks)} (tracked {format_usd(state.tracked_ticks)}); "
-        f"{result.reason}"
+        f"{result.reason}{continue_hint(launched.record.kind, result.exit_code)}"
     )
     if result.exit_code == ExitCode.OK:
         console.note(text)

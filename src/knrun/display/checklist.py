@@ -237,6 +237,11 @@ def _problem(finding: Finding, step_figures: dict[str, Any] | None = None) -> st
 def _warning(finding: Finding) -> str:
     f = finding.figures
     match finding.code:
+        case "cost_off":
+            return (
+                f"cost per unit {format_usd(f['actual'], 6)}, {f['off']:.0%} under the "
+                "estimate: the re-estimate below uses what the canary really cost"
+            )
         case "other_model":
             return f"other model: {f['text']}"
         case "management_api":

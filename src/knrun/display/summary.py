@@ -21,6 +21,12 @@ def show_summary(summary: RunSummary) -> None:
         out.print(f"  {label:<{LABEL_WIDTH}}{text}", markup=False, highlight=False)
 
 
+def show_still_failing(still: StillFailing) -> None:
+    """What still fails, when there was nothing to retry (a cron log still says why)."""
+    for label, text in still_failing_rows(still):
+        out.print(f"  {label:<{LABEL_WIDTH}}{text}", markup=False, highlight=False)
+
+
 def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
     rows = [("units", _units(s)), ("tokens", _tokens(s)), ("spend", _spend(s))]
     if s.latency_p50_ms is not None and s.latency_p95_ms is not None:

@@ -26,6 +26,12 @@ def show_status(report: dict[str, Any]) -> None:
     out.print(
         f"[bold]{report['job']}[/] v{report['version']} · {report['model']} · {report['store']}"
     )
+    if report.get("figures_reused"):
+        # Counts and money come from the store's last count, reused to spare D1's row reads.
+        out.print(
+            f"figures counted {report['counted_s_ago']} s ago and reused (`knrun status "
+            "--fresh` counts now)"
+        )
     out.print(table)
 
 

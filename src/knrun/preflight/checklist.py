@@ -7,26 +7,22 @@ receipt is written.
 
 from __future__ import annotations
 
-import math
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from knrun.clock import utc_now
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.errors import ConfigError, ExitCode
 from knrun.preflight import estimate as estimates
-from knrun.preflight import steps
+from knrun.preflight import issuing, steps
 from knrun.preflight.receipt import Receipt, save_receipt
 from knrun.preflight.steps import MARGIN, CanaryFigures, Finding, Overshoot, Step
 from knrun.pricing import ModelPrice, PricingTable
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY
-from knrun.run.lock import new_run_id
 from knrun.store.base import SqlUnitStore
-from knrun.store.types import Progress, RunRecord
+from knrun.store.types import Progress
 from knrun.xai import LiveModel, XaiClient, XaiError, find_live
 
 Report = Callable[[Step], None]
@@ -136,10 +132,13 @@ class Preflight:
             step = await self._batch_step(price, revised)
             if not self._step(step):
                 return self._failed(revised, step.figures.get("exit_code", ExitCode.USAGE))
-            batch = _batch_verdict(step)
-        receipt = self._receipt(revised, price, balance, figures)
+            batch = issuing.batch_verdict(step)
+        receipt = issuing.build(
+            self.ctx, self.steps, revised, price, (balance.ticks, balance.source), figures
+        )
+        receipt.max_concurrency = self.options.max_concurrency
         receipt.batch = batch
-        await self._record(store, receipt)
+        await issuing.record(store, receipt)
         path = save_receipt(STATE_DIR, self.job, receipt)
         figures_6 = {
             "path": str(path),
@@ -278,77 +277,3 @@ class Preflight:
         return estimates.priced(
             self.job, price, self.pricing, after.remaining, estimate.sampled, *tokens, source
         )
-
-    def _receipt(
-        self,
-        estimate: estimates.Estimate,
-        price: ModelPrice,
-        balance: Balance,
-        canary: CanaryFigures,
-    ) -> Receipt:
-        return Receipt(
-            job=self.job.name,
-            version=self.job.version,
-            model=self.job.model,
-            prompt_hash=self.job.prompt_hash,
-            pricing_fingerprint=price.fingerprint(),
-            created_at=utc_now(),
-            run_id=new_run_id(),
-            remaining_units=estimate.remaining,
-            estimate_ticks=estimate.total_ticks,
-            estimate_unit_ticks=estimate.unit_ticks,
-            approved_ticks=math.ceil(estimate.total_ticks * MARGIN),
-            balance_ticks=balance.ticks,
-            balance_source=balance.source,
-            canary={
-                "run_id": canary.run_id,
-                "units": canary.units,
-                "valid": canary.valid,
-                "billed_ticks": canary.billed_ticks,
-                "tracked_ticks": canary.tracked_ticks,
-                "input_tokens_per_unit": round(canary.input_tokens),
-                "output_tokens_per_unit": round(canary.output_tokens),
-            },
-            checks={f"{s.number} {s.title}": verdict(s) for s in self.steps},
-            max_concurrency=self.options.max_concurrency,
-        )
-
-    async def _record(self, store: SqlUnitStore, receipt: Receipt) -> None:
-        await store.record_run(
-            RunRecord(
-                run_id=receipt.run_id,
-                kind="preflight",
-                job=receipt.job,
-                version=receipt.version,
-                model=receipt.model,
-                prompt_hash=receipt.prompt_hash,
-                host=socket.gethostname(),
-                started_at=receipt.created_at,
-                ended_at=receipt.created_at,
-                state="finished",
-                exit_code=0,
-                exit_reason="receipt issued",
-                estimate_ticks=receipt.estimate_ticks,
-                detail=receipt.to_json(),
-            )
-        )
-
-
-def verdict(step: Step) -> str:
-    """A step as the receipt keeps it: its verdict and the codes of what it found."""
-    codes = [f.code for f in step.problems] + [f"warning:{f.code}" for f in step.warnings]
-    return ("PASS" if step.ok else "FAIL") + (f" ({', '.join(codes)})" if codes else "")
-
-
-def _batch_verdict(step: Step) -> dict[str, Any]:
-    """What `go --batch` reads from the receipt."""
-    canary: CanaryFigures = step.figures["canary"]
-    return {
-        "accepted": True,
-        "run_id": canary.run_id,
-        "units": canary.units,
-        "billed_ticks": canary.billed_ticks,
-        "tracked_ticks": canary.tracked_ticks,
-        "discount_listed": str(step.figures.get("discount")),
-        "discount_measured": str(round(step.figures.get("measured", 0), 4)),
-    }

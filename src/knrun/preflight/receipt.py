@@ -33,7 +33,7 @@ class Receipt:
     remaining_units: int
     estimate_ticks: int  # the remaining corpus at standard prices
     estimate_unit_ticks: int
-    approved_ticks: int  # estimate x 1.15: the default spend cap of `go`
+    approved_ticks: int  # estimate x 1.15 + one unit's worst case: the default cap of `go`
     balance_ticks: int | None
     balance_source: str  # management-api | attested
     canary: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +44,8 @@ class Receipt:
     # The batch canary's verdict (`preflight --batch`): {"accepted", "discount", "run_id", ...}.
     # Empty: not checked, and `go --batch` refuses to run.
     batch: dict[str, Any] = field(default_factory=dict)
+    # The store the estimate counted (`d1`, `sqlite:PATH`); None in older receipts.
+    store: str | None = None
     format: int = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -64,9 +66,15 @@ def save_receipt(state_dir: Path, job: JobSpec, receipt: Receipt) -> Path:
 
 
 def load_valid_receipt(
-    state_dir: Path, job: JobSpec, price: ModelPrice, *, now: datetime | None = None
+    state_dir: Path,
+    job: JobSpec,
+    price: ModelPrice,
+    *,
+    now: datetime | None = None,
+    store: str | None = None,
 ) -> Receipt:
-    """The receipt that authorises a run of `job` now, or NotAuthorised saying why not."""
+    """The receipt that authorises a run of `job` now, on `store`, or NotAuthorised saying why
+    not."""
     path = receipt_path(state_dir, job)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -94,6 +102,14 @@ def load_valid_receipt(
     if receipt.pricing_fingerprint != price.fingerprint():
         raise NotAuthorised(
             f"pricing for {job.model} changed since preflight: run `knrun preflight` again"
+        )
+    if store and receipt.store and receipt.store != store:
+        # Settings pasted into .env (`knrun sim serve`'s D1 block, say) can move the store: the
+        # approval was for the units of the other one.
+        raise NotAuthorised(
+            f"the preflight receipt is for store {receipt.store}, but the settings now point at "
+            f"{store} (KNRUN_STORE, or the Cloudflare keys in .env): put the store back, or run "
+            "`knrun preflight` for this one"
         )
     age = now - created
     if age > VALID_FOR:

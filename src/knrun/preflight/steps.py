@@ -170,8 +170,12 @@ def canary_step(
         else Decimal(0)
     )
     data |= {"actual_unit_ticks": int(actual), "off": off}
+    warnings: list[Finding] = []
     if off > CANARY_COST_TOLERANCE:
-        problems.append(Finding("cost_off", {"actual": int(actual), "off": off}))
+        # Dearer than estimated is the incident's shape: fail. Cheaper is money not spent (a
+        # warm prompt cache, shorter replies): say so, and go on; the re-estimate uses it.
+        finding = Finding("cost_off", {"actual": int(actual), "off": off})
+        (problems if actual > estimate.unit_ticks else warnings).append(finding)
     gap = (
         abs(Decimal(figures.tracked_ticks - figures.billed_ticks)) / figures.billed_ticks
         if figures.billed_ticks
@@ -188,7 +192,7 @@ def canary_step(
                 {"count": figures.possibly_billed, "n": n, "timeout_s": timeout_s},
             )
         )
-    return Step(5, "canary", not problems, data, problems)
+    return Step(5, "canary", not problems, data, problems, warnings)
 
 
 def batch_canary_step(

@@ -28,7 +28,7 @@ class GoOptions:
 
 def go_receipt(ctx: Context, price: ModelPrice, options: GoOptions) -> Receipt:
     """The receipt that authorises this run, or NotAuthorised saying why not."""
-    receipt = load_valid_receipt(STATE_DIR, ctx.job, price)
+    receipt = load_valid_receipt(STATE_DIR, ctx.job, price, store=ctx.target.describe())
     if options.batch:
         price.for_batch()  # a ConfigError when pricing.toml has no batch prices for the model
         if not receipt.batch.get("accepted"):

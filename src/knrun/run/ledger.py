@@ -152,10 +152,12 @@ class Ledger:
 
     def stop_at_cap(self) -> None:
         assert self.cap is not None
+        left = max(self.cap.cap_ticks - self.money.spent_max_ticks, 0)
         self.control.request_stop(
             f"spend cap reached: spent {format_usd(self.money.spent_max_ticks)} "
-            f"(at most) of {format_usd(self.cap.cap_ticks)}, and one more unit could cost up to "
-            f"{format_usd(self.cap.worst_case_unit_ticks)}",
+            f"(at most) of {format_usd(self.cap.cap_ticks)}, {format_usd(left)} left, and one "
+            f"more unit needs about {format_usd(self.cap.estimated_unit_ticks)} (up to "
+            f"{format_usd(self.cap.worst_case_unit_ticks)} at worst, as the cap counts it)",
             ExitCode.SPEND_CAP,
         )
 

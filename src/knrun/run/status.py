@@ -155,6 +155,7 @@ async def read_status(ctx: Context, *, max_attempts: int, fresh_s: float) -> dic
         spooled=spooled,
         in_flight=in_flight,
     )
+    report["figures_reused"] = age > 0  # from the store's last count, not counted now
     # Batches a run left open at xAI: their units stay leased to them until collected.
     report["open_batches"] = [
         {

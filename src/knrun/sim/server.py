@@ -19,7 +19,11 @@ def _bind(host: str, port: int) -> socket.socket:
     # delayed ACK, about 40 ms, on every request after the first on a connection.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -55,7 +59,13 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterato
         sock.close()
 
 
-def serve_forever(app: Any, host: str, port: int) -> None:
-    """Serve `app` in the foreground until Ctrl-C."""
-    sock = _bind(host, port)
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` (0: any free port), for `serve_forever`: binding first
+    lets a caller report a taken port before it announces anything."""
+    return _bind(host, port)
+
+
+def serve_forever(app: Any, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+    """Serve `app` in the foreground until Ctrl-C (on `sock` when given)."""
+    sock = sock or _bind(host, port)
     _server(app).run(sockets=[sock])

@@ -12,7 +12,7 @@ from typing import Any
 
 from knrun.errors import ConfigError, StoreError, StoreRefused
 from knrun.job import JobSpec
-from knrun.store import migrate
+from knrun.store import hints, migrate
 from knrun.store.records import Rows, RunRecords
 from knrun.store.runs_sql import RunsSql
 from knrun.store.schema import (
@@ -82,7 +82,7 @@ class SqlUnitStore(RunRecords, ABC):
                 raise ConfigError(
                     f"{self.describe()}: not set up for this job ({exc}); run `knrun db migrate`"
                 ) from None
-            raise
+            raise hints.explain(exc, self.job, self.describe()) or exc from None
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -1,4 +1,5 @@
-"""`knrun db import`: load units from JSONL or CSV into a local SQLite store, all or nothing.
+"""`knrun db import` into a local SQLite store: load units from JSONL or CSV, all or nothing
+(D1: `commands/db_import.py`, which reuses the checks here).
 
 The file is read twice: a first pass validates every row and infers column types, a second
 inserts or updates rows inside one transaction. A bad row stops the import before anything is
@@ -203,3 +204,16 @@ def _write(
     finally:
         conn.close()
     return report
+
+
+def checked_file(source: Path, job: JobSpec) -> tuple[str, dict[str, str]]:
+    """For an import into another store: the file's format and its columns' SQL types, after
+    every row passed the checks above (ids present and unique, plain column names...)."""
+    kind = _format_of(source)
+    return kind, _validate(source, kind, job)
+
+
+def converted_rows(source: Path, kind: str) -> Iterator[dict[str, Any]]:
+    """The file's rows with their values as the SQLite import writes them."""
+    for _, row in _rows(source, kind):
+        yield {name: _convert(value, kind) for name, value in row.items()}

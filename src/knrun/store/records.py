@@ -80,8 +80,10 @@ class RunRecords:
         now = self._clock()
         records = [self.runs_sql.run_from_row(row) for row in recent]
         if cached and cached[0]["max_attempts"] == max_attempts:
-            age = now - float(cached[0]["computed_at"])
-            if 0 <= age <= fresh_s:
+            computed = float(cached[0]["computed_at"])
+            age = now - computed
+            # A run that ended since the count changed what it counts: count again.
+            if 0 <= age <= fresh_s and not _ended_since(records, computed):
                 return _progress_from_json(cached[0]["figures"]), records, age
         progress = await self.progress(max_attempts)
         with contextlib.suppress(StoreError):  # an unmigrated cache only costs the next scan
@@ -144,6 +146,17 @@ class RunRecords:
             [self.runs_sql.select_runs(self.job.name, limit, kind)], idempotent=True
         )
         return [self.runs_sql.run_from_row(row) for row in rows]
+
+
+def _ended_since(runs: Sequence[RunRecord], moment: float) -> bool:
+    for run in runs:
+        if run.ended_at:
+            ended = datetime.fromisoformat(run.ended_at.replace("Z", "+00:00"))
+            if ended.tzinfo is None:
+                ended = ended.replace(tzinfo=UTC)
+            if ended.timestamp() + 1 >= moment:  # ended_at has whole seconds
+                return True
+    return False
 
 
 def _progress_from_json(text: str) -> Progress:
