@@ -74,8 +74,8 @@ from pathlib import Path
 from _common import JOB, PRICING, ROOT, job, table
 from knrun.clock import utc_now
 from knrun.job import JobSpec
-from knrun.preflight.receipt import Receipt, save_receipt
 from knrun.pricing import load_pricing
+from knrun.receipt import Receipt, save_receipt
 from knrun.sim.corpus import synthetic_units
 from knrun.sim.scenario import Scenario
 from knrun.sim.server import serve_in_thread

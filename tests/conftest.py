@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from knrun.clock import utc_now
 from knrun.job import JobSpec, load_job
-from knrun.preflight.receipt import Receipt, save_receipt
 from knrun.pricing import load_pricing
+from knrun.receipt import Receipt, save_receipt
 from knrun.sim.corpus import synthetic_units, write_jsonl
 from knrun.sim.d1 import D1Simulator
 from knrun.sim.scenario import Scenario

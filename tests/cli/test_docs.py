@@ -57,8 +57,8 @@ def test_readme_and_ci_use_the_same_test_command() -> None:
 
 
 def test_docs_document_every_status_json_key() -> None:
+    from knrun.commands.status import status_report
     from knrun.job import load_job
-    from knrun.run.status import status_report
     from knrun.store.types import Progress
 
     report = status_report(

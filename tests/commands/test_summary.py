@@ -7,12 +7,12 @@ from decimal import Decimal
 
 from rich.console import Console
 
+from knrun.commands.session.launch import Launched
 from knrun.commands.summary import StillFailing, summarize
 from knrun.display import summary as shown
 from knrun.errors import ExitCode
 from knrun.run.config import RunResult
 from knrun.run.events import Event, RunState
-from knrun.run.launch import Launched
 from knrun.store.types import Money, RunRecord
 
 USD = 10**10

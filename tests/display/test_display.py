@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
+from knrun.commands.session import awake
 from knrun.display.live import panel, progress_line
-from knrun.run import awake
 from knrun.run.events import RunState
 from knrun.store.types import Money
 

@@ -10,33 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
+from clirun import knrun, rows
 from conftest import write_receipt
-from knrun.cli import app
 from knrun.pricing import usd_to_ticks
 from knrun.sim.xai import XaiSimulator
-
-runner = CliRunner()
-
-
-def knrun(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def status() -> dict[str, Any]:
     code, out, err = knrun("status", "--json")
     assert code == 0, err
     return json.loads(out)
-
-
-def rows(sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect("knrun.sqlite")
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def last_run() -> dict[str, Any]:

@@ -10,9 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-from test_go import knrun
-from test_retry import fail_units
 
+from clirun import fail_units, knrun
 from conftest import prepare_units, refresh_pricing_dates
 from knrun.display import console
 from knrun.sim.xai import XaiSimulator

@@ -196,7 +196,7 @@ async def capped_run(tmp_path: Path, job: JobSpec, units: int) -> tuple[RunResul
     import math
     import sqlite3
 
-    from knrun.preflight.estimate import prompt_tokens
+    from knrun.estimate import prompt_tokens
 
     sim = XaiSimulator(
         Scenario(

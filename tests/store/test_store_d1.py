@@ -11,7 +11,6 @@ from knrun.errors import ExitCode
 from knrun.job import JobSpec
 from knrun.sim.d1 import D1Fault, D1Simulator
 from knrun.store import D1Store, UnitResult
-from knrun.store.base import statement_size
 from knrun.store.d1 import (
     API_BLOCK_S,
     D1AuthError,
@@ -23,6 +22,7 @@ from knrun.store.d1 import (
     classify_error,
 )
 from knrun.store.limiter import RequestLimiter
+from knrun.store.schema import statement_size
 
 pytestmark = pytest.mark.anyio
 

@@ -10,6 +10,7 @@ import typer
 from knrun.cli.app import JobOption, JsonOption, PricingOption, batch_app, guarded, run_async
 from knrun.cli.session import RunCommand, finish, run_command
 from knrun.commands.batch import batches_json
+from knrun.commands.session.launch import Launched
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import console
 from knrun.display.live import batch_figures
@@ -18,7 +19,6 @@ from knrun.pricing import ModelPrice
 from knrun.run.batch import ops
 from knrun.run.batch.handle import batch_counters
 from knrun.run.batch.runs import BatchRun
-from knrun.run.launch import Launched
 
 MaxWaitOption = Annotated[
     float | None,

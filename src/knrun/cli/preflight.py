@@ -19,14 +19,14 @@ from knrun.cli.app import (
     parse_usd,
     run_async,
 )
-from knrun.commands.preflight import preflight_json
+from knrun.commands.preflight.as_json import preflight_json
+from knrun.commands.preflight.canary import run_canary
+from knrun.commands.preflight.checklist import Options, Preflight
+from knrun.commands.preflight.steps import CanaryFigures
 from knrun.context import load_context, load_pricing_for
 from knrun.display import checklist, console
 from knrun.errors import RunStopped
-from knrun.preflight.checklist import Options, Preflight
-from knrun.preflight.steps import CanaryFigures
 from knrun.pricecheck import MAX_AGE_DAYS
-from knrun.run.canary import run_canary
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY
 
 BalanceOption = Annotated[

@@ -21,8 +21,8 @@ from knrun.cli.app import (
 )
 from knrun.cli.batch import collect
 from knrun.cli.session import RunCommand, finish, run_command
-from knrun.commands.go import check_approval_left, nothing_to_run
-from knrun.commands.retry import nothing_to_retry
+from knrun.commands.go import GoOptions, check_approval_left, go_config, go_receipt, nothing_to_run
+from knrun.commands.retry import RetryOptions, nothing_to_retry, retry_config
 from knrun.commands.summary import still_failing
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import checklist, console
@@ -31,8 +31,6 @@ from knrun.errors import InputError, NotAuthorised, RunStopped
 from knrun.pricing import ModelPrice
 from knrun.run.batch import ops
 from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY, RunConfig
-from knrun.run.go import GoOptions, go_config, go_receipt
-from knrun.run.retry import RetryOptions, retry_config
 
 MaxSpendOption = Annotated[
     str | None,

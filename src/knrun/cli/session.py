@@ -8,6 +8,10 @@ import signal
 from dataclasses import dataclass
 
 from knrun.commands.go import continue_hint
+from knrun.commands.session.awake import keep_awake
+from knrun.commands.session.launch import Launch, Launched, launch
+from knrun.commands.session.lock import new_run_id
+from knrun.commands.session.runlog import CHECKLIST, EventLog, append_history
 from knrun.commands.summary import StillFailing, summarize
 from knrun.context import STATE_DIR, Context
 from knrun.display import console
@@ -15,14 +19,10 @@ from knrun.display.live import run_display
 from knrun.display.summary import show_summary
 from knrun.errors import ExitCode, RunStopped
 from knrun.pricing import ModelPrice, format_usd
-from knrun.run.awake import keep_awake
 from knrun.run.batch.handle import BatchPlan
 from knrun.run.config import RunConfig
 from knrun.run.coordinator import Runner
 from knrun.run.events import Event, EventSink
-from knrun.run.launch import Launch, Launched, launch
-from knrun.run.lock import new_run_id
-from knrun.run.runlog import CHECKLIST, EventLog, append_history
 
 
 @dataclass

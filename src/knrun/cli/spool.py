@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from knrun.cli.app import JobOption, JsonOption, guarded, run_async, spool_app
+from knrun.commands import spool as spool_ops
 from knrun.commands.spool import listing_json
 from knrun.context import load_context
 from knrun.display import console, tables
-from knrun.run import spool_ops
 
 VersionOption = Annotated[
     str | None,

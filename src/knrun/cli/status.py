@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from knrun.cli.app import JobOption, app, guarded, run_async
+from knrun.commands.status import STATUS_FRESH_S, read_status
 from knrun.context import load_context
 from knrun.display import console, tables
-from knrun.run.status import STATUS_FRESH_S, read_status
 
 
 @app.command("status")

@@ -33,7 +33,9 @@ def report(job: JobOption = None, output: OutputOption = None) -> None:
     fetched): spend and units over time, throughput and latency, prompt cache share, failures
     by reason, for all runs together and each recent run. Default file:
     knrun-report-<job>.html here; prints its path."""
-    path = run_async(write_report(load_context(job), output))
+    from knrun.display.report_html import render_report  # matplotlib: only when reporting
+
+    path = run_async(write_report(load_context(job), output, render_report))
     console.note(str(path))
 
 

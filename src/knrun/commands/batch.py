@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from knrun.commands.status import usd
 from knrun.run.batch.handle import batch_counters
 from knrun.run.batch.ops import Listed
-from knrun.run.status import usd
 
 
 def batches_json(listed: list[Listed]) -> dict[str, Any]:

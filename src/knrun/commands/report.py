@@ -4,6 +4,7 @@ in SQL by time bucket) and written as one self-contained HTML file."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,10 +171,11 @@ def default_path(job_name: str) -> Path:
     return Path(f"knrun-report-{safe}.html")
 
 
-async def write_report(ctx: Context, output: Path | None) -> Path:
-    """Read the job's figures from the store and write the report; returns its path."""
-    from knrun.display.report_html import render_report  # matplotlib: only when reporting
-
+async def write_report(
+    ctx: Context, output: Path | None, render_report: Callable[[Report], str]
+) -> Path:
+    """Read the job's figures from the store and write the report `render_report` draws of
+    them (the display's HTML); returns its path."""
     path = output or default_path(ctx.job.name)
     if not path.parent.is_dir():  # before reading anything
         raise InputError(f"cannot write the report: no folder {path.parent}")

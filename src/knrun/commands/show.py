@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from knrun.commands.status import usd
 from knrun.context import Context
 from knrun.errors import InputError
 from knrun.job import JobSpec
-from knrun.run.status import usd
 from knrun.store.reads import Row, read_unit
 
 

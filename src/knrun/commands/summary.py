@@ -8,10 +8,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from knrun.commands.session.launch import Launched
+from knrun.commands.status import usd
 from knrun.context import Context
 from knrun.run.events import EventTally
-from knrun.run.launch import Launched
-from knrun.run.status import usd
 from knrun.store.types import Money
 
 IDS_PER_REASON = 20  # unit ids listed per failure reason; the rest are counted

@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.table import Table
 
+from knrun.commands.preflight.steps import CanaryFigures, Finding, Step
 from knrun.display.console import out
-from knrun.preflight.estimate import Estimate
-from knrun.preflight.steps import CanaryFigures, Finding, Step
+from knrun.estimate import Estimate
 from knrun.pricing import format_price, format_usd
 
 TITLE_WIDTH = 24

@@ -1,2 +1,2 @@
-"""The core of a run: a coordinator wiring a claimer, an engine, a ledger and a writer, and the
-commands built on it (go, retry, the canary, status, spool)."""
+"""The core of a run: a coordinator wiring a claimer, an engine (`live/` or `batch/`), a ledger
+and a writer. The commands built on it live in `knrun.commands`."""

@@ -21,27 +21,22 @@ from collections.abc import Callable
 from knrun.errors import ExitCode, StoreError
 from knrun.job import JobSpec
 from knrun.pricing import ModelPrice
-from knrun.run import judge
+from knrun.run import judge, wiring
 from knrun.run.batch.engine import BatchEngine, OnBatch
-from knrun.run.batch.handle import BatchHandle, BatchPlan
+from knrun.run.batch.handle import BatchPlan
 from knrun.run.claimer import Claimer
 from knrun.run.config import RunConfig, RunResult
 from knrun.run.control import Control
 from knrun.run.events import Event, EventSink, RunState, discard
 from knrun.run.ledger import BalanceReader, Ledger, OthersReader
 from knrun.run.live.engine import LiveEngine
-from knrun.run.live.pacing import AdaptivePacing, scaled_clock, scaled_sleep
 from knrun.run.writer import Writer
 from knrun.spool import Spool
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import UnitFailure
-from knrun.xai import XaiClient, XaiError
-from knrun.xai.batch import BatchApi
+from knrun.xai import XaiClient
 
 __all__ = ["BalanceReader", "OthersReader", "RunConfig", "RunResult", "Runner"]
-
-MIN_PAGE, MAX_PAGE = 50, 200  # units per claim
-PROMPT_GUESS_TOKENS = 1_000
 
 
 class Runner:
@@ -73,15 +68,22 @@ class Runner:
             cap_ticks=config.cap_ticks,
             estimate_ticks=(config.estimate_unit_ticks or 0) * total or None,
         )
-        # In-flight requests may finish for a request timeout after a stop: cut sooner, xAI
-        # would bill requests whose replies nobody reads. A batch's wind-down (a cancel
-        # spreading, its last results) gets as long as it is allowed.
-        grace = config.grace_s or job.timeout_s + 30.0
-        if batch is not None:
-            grace = max(grace, config.batch_cancel_wait_s * config.time_scale + 60.0)
-        self.control = Control(self.state, events, grace)
-        # A claimed unit's lease must outlast its work: at least a request timeout and more.
-        lease_s = max(config.lease_s, job.timeout_s * 1.2)
+        self.control = Control(self.state, events, wiring.grace_s(config, job, batch))
+        self._wire(price, xai, balance, others, batch, on_batch, clock)
+
+    def _wire(
+        self,
+        price: ModelPrice,
+        xai: XaiClient,
+        balance: BalanceReader | None,
+        others: OthersReader | None,
+        batch: BatchPlan | None,
+        on_batch: OnBatch | None,
+        clock: Callable[[], float],
+    ) -> None:
+        """The parts, each given what it shares with the others."""
+        job, config, store, spool, events = self.job, self.config, self.store, self.spool, self.emit
+        lease_s = wiring.lease_s(config, job)
         self.ledger = Ledger(
             job=job,
             price=price,
@@ -91,22 +93,16 @@ class Runner:
             balance=balance,
             others=others,
         )
-        self.pacing = self._pacing(job, price)
+        self.pacing = wiring.pacing(job, config, self.state, events)
         self.claimer = Claimer(
             store=store,
             config=config,
             state=self.state,
             control=self.control,
             ledger=self.ledger,
-            owner=owner,
+            owner=self.owner,
             lease_s=lease_s,
-            # A page is about what may be in flight now: big pages hold leases long for nothing,
-            # small ones cost a store request each (D1 allows 3 a second).
-            page_size=(
-                (lambda: MAX_PAGE)
-                if batch is not None
-                else (lambda: max(MIN_PAGE, min(self.pacing.limit(), MAX_PAGE)))
-            ),
+            page_size=wiring.page_size(self.pacing, batch),
         )
         self.writer = Writer(
             store=store,
@@ -117,90 +113,13 @@ class Runner:
             control=self.control,
             clock=clock,
         )
+        parts = wiring.Parts(
+            job, price, xai, config, self.state, self.control, self.ledger, self.record, events
+        )
         self.engine: LiveEngine | BatchEngine = (
-            self._live_engine(job, price, xai, lease_s, clock)
+            wiring.live_engine(parts, self.pacing, spool, self.run_id, self.owner, lease_s, clock)
             if batch is None
-            else self._batch_engine(job, price, xai, batch, on_batch)
-        )
-
-    def _pacing(self, job: JobSpec, price: ModelPrice) -> AdaptivePacing:
-        config = self.config
-        output = config.output_tokens_estimate or job.estimate.output_tokens
-        # Tokens per request until replies say: this job's own figures (the canary's, or its
-        # finished units': prompt with its cached part, output with its reasoning), else a
-        # guess at the prompt (the output dominates).
-        tokens = config.tokens_per_request_estimate or PROMPT_GUESS_TOKENS + output
-        return AdaptivePacing(
-            max_concurrency=config.workers,
-            # A fixed `--concurrency N` is a pool of N in flight, paced by limits and 429s.
-            adaptive_concurrency=config.max_concurrency is not None,
-            max_rounds=config.max_429_rounds,
-            tokens_per_request=tokens,
-            known=config.known_limits,
-            state=self.state,
-            emit=self.emit,
-            time_scale=config.time_scale,
-        )
-
-    def _live_engine(
-        self,
-        job: JobSpec,
-        price: ModelPrice,
-        xai: XaiClient,
-        lease_s: float,
-        clock: Callable[[], float],
-    ) -> LiveEngine:
-        return LiveEngine(
-            job=job,
-            price=price,
-            xai=xai,
-            config=self.config,
-            state=self.state,
-            control=self.control,
-            ledger=self.ledger,
-            pacing=self.pacing,
-            record=self.record,
-            marks=self.spool,
-            run_id=self.run_id,
-            owner=self.owner,
-            # A unit gets this long, from when a worker takes it, before it is given back.
-            unit_budget_s=lease_s * 0.9,
-            clock=clock,
-        )
-
-    def _batch_engine(
-        self,
-        job: JobSpec,
-        price: ModelPrice,
-        xai: XaiClient,
-        plan: BatchPlan,
-        on_batch: OnBatch | None,
-    ) -> BatchEngine:
-        sleep = scaled_sleep(self.config.time_scale)
-
-        def waited(what: str, problem: XaiError, seconds: float) -> None:
-            self.state.batch_waits += 1
-            self.emit(Event("batch_wait", f"{what}: {problem}; again in {seconds:.0f} s"))
-
-        async def recorded(_: BatchHandle) -> None:
-            """No runs table to name the batch in (a test's runner)."""
-
-        return BatchEngine(
-            job=job,
-            price=price,
-            api=BatchApi(xai, sleep=sleep, on_wait=waited),
-            plan=plan,
-            store=self.store,
-            config=self.config,
-            state=self.state,
-            control=self.control,
-            ledger=self.ledger,
-            record=self.record,
-            run_id=self.run_id,
-            run_owner=self.owner,
-            clock=scaled_clock(self.config.time_scale),
-            sleep=sleep,
-            on_batch=on_batch or recorded,
+            else wiring.batch_engine(parts, store, batch, on_batch, self.run_id, self.owner)
         )
 
     # -- control ----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from knrun.errors import ExitCode, StoreError
+from knrun.estimate import prompt_tokens
 from knrun.job import JobSpec
-from knrun.preflight.estimate import prompt_tokens
 from knrun.pricing import ModelPrice, format_usd
 from knrun.run import judge
 from knrun.run.config import RunConfig

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from abc import ABC, abstractmethod
@@ -12,7 +11,7 @@ from typing import Any
 
 from knrun.errors import ConfigError, StoreError, StoreRefused
 from knrun.job import JobSpec
-from knrun.store import hints, migrate
+from knrun.store import hints, migrate, packing
 from knrun.store.records import Rows, RunRecords
 from knrun.store.runs_sql import RunsSql
 from knrun.store.schema import (
@@ -41,9 +40,6 @@ class Result:
 
     rows: Rows
     changes: int = 0
-
-
-CHARGES_STATEMENT_BYTES = 600  # the charges statement's SQL, before its rows
 
 
 class SqlUnitStore(RunRecords, ABC):
@@ -233,34 +229,10 @@ class SqlUnitStore(RunRecords, ABC):
         return [o for o in outcomes if str(o.unit_id) not in present]
 
     def pack(self, outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
-        """Split outcomes into as few requests as the size budget allows, in order (each
-        outcome counts its write and its charge row)."""
-        if self.request_budget_bytes is None:
-            return [list(outcomes)] if outcomes else []
-        chunks: list[list[Outcome]] = []
-        current: list[Outcome] = []
-        size = CHARGES_STATEMENT_BYTES
-        for outcome in outcomes:
-            statement = self.outcome_statement(outcome)
-            cost = (0 if statement is None else statement_size(statement)) + self._charge_size(
-                outcome
-            )
-            if current and size + cost > self.request_budget_bytes:
-                chunks.append(current)
-                current, size = [], CHARGES_STATEMENT_BYTES
-            current.append(outcome)
-            size += cost
-        if current:
-            chunks.append(current)
-        return chunks
-
-    def _charge_size(self, outcome: Outcome) -> int:
-        if isinstance(outcome, AttemptRefund) or not outcome.charged:
-            return 0
-        row = json.dumps(
-            self.runs_sql.charge_row(outcome), ensure_ascii=False, separators=(",", ":")
+        """Split outcomes into as few requests as the size budget allows, in order."""
+        return packing.pack(
+            outcomes, self.request_budget_bytes, self.outcome_statement, self.runs_sql.charge_row
         )
-        return len(row.encode()) + 8  # the row, escaped once more as a string parameter
 
     async def mark_failed(self, failures: Sequence[UnitFailure]) -> None:
         if missing := await self.write_results(failures):
@@ -301,9 +273,3 @@ class SqlUnitStore(RunRecords, ABC):
         counted = Statement(statement.sql + " RETURNING 1 AS released", statement.params)
         [rows] = await self.execute([counted], idempotent=True)
         return len(rows)
-
-
-def statement_size(statement: Statement) -> int:
-    """Bytes a statement adds to a JSON request body (close enough to budget with)."""
-    params = json.dumps(list(statement.params), ensure_ascii=False, separators=(",", ":"))
-    return len(statement.sql.encode()) + len(params.encode()) + 24

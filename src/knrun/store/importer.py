@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from knrun.errors import InputError, StoreError
-from knrun.job import IDENTIFIER, JobSpec
+from knrun.job import JobSpec
+from knrun.sqltext import IDENTIFIER
 from knrun.store.schema import quote
 from knrun.store.sqlite import connect
 

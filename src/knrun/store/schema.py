@@ -7,6 +7,7 @@ parameter, never SQL text. Statements stay within D1's limits (100 parameters, 1
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,3 +130,9 @@ def id_from_row(text: Any, kind: Any) -> Any:
 
 def quote(identifier: str) -> str:
     return f'"{identifier}"'
+
+
+def statement_size(statement: Statement) -> int:
+    """Bytes a statement adds to a JSON request body (close enough to budget with)."""
+    params = json.dumps(list(statement.params), ensure_ascii=False, separators=(",", ":"))
+    return len(statement.sql.encode()) + len(params.encode()) + 24

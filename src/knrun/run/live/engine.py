@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from knrun.errors import ExitCode
+from knrun.estimate import prompt_tokens
 from knrun.job import JobSpec
-from knrun.preflight.estimate import prompt_tokens
 from knrun.pricing import ModelPrice, format_usd
 from knrun.run import judge
 from knrun.run.claimer import Claimer

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from knrun.clock import scaled_clock, scaled_sleep
 from knrun.run.events import Event, EventSink, RunState
 from knrun.run.guards import CircuitBreaker
 from knrun.run.live.rate import START_RPS, RateController
@@ -63,20 +63,6 @@ class Pacing(Protocol):
 
     def wake_all(self) -> None:
         """The run is stopping: let every waiter go and look."""
-
-
-def scaled_clock(time_scale: float) -> Callable[[], float]:
-    """Pacing's clock in simulated seconds: against the simulator (`knrun demo`, tests,
-    benchmarks) one of its seconds lasts `time_scale` real ones. 1.0 for a real run."""
-    if time_scale == 1.0:
-        return time.monotonic
-    return lambda: time.monotonic() / time_scale
-
-
-def scaled_sleep(time_scale: float) -> Callable[[float], Awaitable[None]]:
-    if time_scale == 1.0:
-        return asyncio.sleep
-    return lambda seconds: asyncio.sleep(seconds * time_scale)
 
 
 class AdaptivePacing:

@@ -16,10 +16,9 @@ ended is judged:
 - **Noise**: 429s while sending faster still got proportionally more accepted are not a limit
   being hit. The rate keeps growing, and only the refused requests wait.
 - **Known limits** cap the rate at 95% of their share (`runners` live runs share the account's
-  limits): requests per second, and tokens per minute divided by tokens per request.
-  The `x-ratelimit-limit-*` headers of replies are facts. A 429's "(actual/limit)" text is a
-  claim, believed only while this run's own sending was near it. If 429s keep coming under a
-  believed claim, it is dropped: the 429s were about something else.
+  limits): requests per second, and tokens per minute divided by tokens per request. Headers
+  are facts, a 429's text a claim (`limits.py`); 429s that keep coming under a believed claim
+  drop it: they were about something else.
 - **The provider's windows, mirrored**: once a limit is known, a request goes only when this
   run's own accepted sends in that limit's rolling window (1 s, or 60 s for tokens) leave room
   for it (`wait_s`), so a minute's token budget is not spent in its first seconds.
@@ -40,6 +39,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 
+from knrun.run.live import limits
 from knrun.run.live.ticks import (
     HISTORY_TICKS,
     MAX_TICK_S,
@@ -54,9 +54,6 @@ from knrun.xai import LimitClaim, RateHeaders
 START_RPS = 4.0
 MIN_RPS = 0.2
 GROWTH_START, GROWTH_STEADY = 1.5, 1.1
-REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.95  # of a known limit: headroom for jitter in the windows
-NEAR = 0.8  # a claim is believable when this run sent at least this share of it
-OVER_CLAIM = 1.2  # and had no more than this share of it accepted in its window
 HOLD_TICKS = 8  # ticks at a found limit before probing above it again
 DISTRUST_TICKS = 3  # ticks of >10% refused under a believed claim before it is dropped
 
@@ -136,14 +133,8 @@ class RateController:
 
     def _near_a_limit(self, tokens: int) -> bool:
         """This run's own sends fill 90% or more of a known limit's window now."""
-        requests, limit = self.limits.get("requests"), self.limits.get("tokens")
-        if (
-            requests is not None
-            and self.requests_1s.total + 1 >= 0.9 * requests.per_s / self.runners
-        ):
-            return True
-        per_minute = math.inf if limit is None else limit.per_s * 60.0 / self.runners
-        return self.tokens_60s.total + tokens >= 0.9 * per_minute
+        requests, sent_tokens = self.requests_1s.total + 1, self.tokens_60s.total + tokens
+        return limits.near(self.limits, requests, sent_tokens, self.runners)
 
     def replied(self, headers: RateHeaders | None, total_tokens: int) -> None:
         self._advance()
@@ -157,7 +148,7 @@ class RateController:
         if headers.limit_tokens:
             learned |= self._learn("tokens", headers.limit_tokens / 60.0)
         nearly_full = any(
-            self._others_fill(limit, remaining, ours)
+            limits.others_fill(limit, remaining, ours)
             for limit, remaining, ours in (
                 (headers.limit_requests, headers.remaining_requests, self.requests_1s.total),
                 (headers.limit_tokens, headers.remaining_tokens, self.tokens_60s.total),
@@ -179,24 +170,11 @@ class RateController:
         self.limits[kind] = Limit(per_s, "header")
         return True
 
-    @staticmethod
-    def _others_fill(limit: int | None, remaining: int | None, ours: int) -> bool:
-        """A window under 5% from full, and not by this run's own sends alone: someone else
-        (a run this one cannot see) spends the same limit."""
-        if not limit or remaining is None or remaining >= 0.05 * limit:
-            return False
-        return limit - remaining > 1.2 * ours + 0.02 * limit
-
     # -- the rules --------------------------------------------------------------------------------
 
     def cap(self) -> float:
         """The highest rate the known limits allow this run."""
-        cap = math.inf
-        if (requests := self.limits.get("requests")) is not None:
-            cap = min(cap, REQUEST_SHARE * requests.per_s / self.runners)
-        if (tokens := self.limits.get("tokens")) is not None:
-            cap = min(cap, TOKEN_SHARE * tokens.per_s / self.tokens_per_request / self.runners)
-        return max(cap, self.min_rps)
+        return limits.cap(self.limits, self.runners, self.tokens_per_request, self.min_rps)
 
     def current(self) -> float:
         """The rate now, after judging any tick that has ended."""
@@ -235,10 +213,10 @@ class RateController:
         if (requests := self.limits.get("requests")) is not None:
             # In a 1 s window, rounded: at 10 requests/s, 9.5 would mean at most 9 (the gate's
             # spacing keeps the average at 95%).
-            per_window = math.floor(REQUEST_SHARE * requests.per_s / self.runners + 0.5)
+            per_window = math.floor(limits.REQUEST_SHARE * requests.per_s / self.runners + 0.5)
             wait = self.requests_1s.wait_for(1, max(per_window, 1))
         if (limit := self.limits.get("tokens")) is not None:
-            per_minute = TOKEN_SHARE * limit.per_s * 60.0 / self.runners  # in a 60 s window
+            per_minute = limits.TOKEN_SHARE * limit.per_s * 60.0 / self.runners  # in a 60 s window
             wait = max(wait, self.tokens_60s.wait_for(tokens, per_minute))
         return wait
 
@@ -317,13 +295,6 @@ class RateController:
         self._refused_under_claim = 0
 
     def _believable(self, claim: LimitClaim) -> bool:
-        """This run sent near what the claim says the limit is, in the claim's window, and had
-        no more than that accepted in it: a limit of 30 a second cannot have let 70 through
-        (a 429 somewhere else in the provider, with a stock text)."""
-        horizon = self._clock() - claim.window_s
-        recent = [tokens for at, tokens in self._sends if at >= horizon]
-        ours = len(recent) if claim.kind == "requests" else sum(recent)
         window = self.requests_1s if claim.kind == "requests" else self.tokens_60s
-        if window.total > OVER_CLAIM * claim.limit:
-            return False
-        return ours >= NEAR * claim.limit / self.runners
+        sends = list(self._sends)
+        return limits.believable(claim, sends, window.total, self._clock(), self.runners)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import prepare_units
 from knrun.cli import app
+from knrun.commands.status import status_report
 from knrun.job import JobSpec
-from knrun.run.status import status_report
 from knrun.store.types import Progress, RunRecord
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -140,7 +140,7 @@ def test_status_json_is_valid_with_the_documented_fields(project: Path) -> None:
 
 
 def test_money_in_json_is_a_plain_decimal_string_never_an_exponent() -> None:
-    from knrun.run.status import usd
+    from knrun.commands.status import usd
 
     assert (
         usd(10 * 10**10) == "10" and usd(200 * 10**10) == "200" and usd(17_264_000) == "0.0017264"

@@ -7,13 +7,13 @@ import math
 import socket
 from typing import Any
 
+from knrun import estimate as estimates
 from knrun.clock import utc_now
+from knrun.commands.preflight.steps import MARGIN, CanaryFigures, Step
+from knrun.commands.session.lock import new_run_id
 from knrun.context import Context
-from knrun.preflight import estimate as estimates
-from knrun.preflight.receipt import Receipt
-from knrun.preflight.steps import MARGIN, CanaryFigures, Step
 from knrun.pricing import ModelPrice
-from knrun.run.lock import new_run_id
+from knrun.receipt import Receipt
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import RunRecord
 

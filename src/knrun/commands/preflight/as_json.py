@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from knrun.commands.preflight.checklist import Outcome
+from knrun.commands.preflight.steps import Step
+from knrun.commands.status import usd
 from knrun.context import STATE_DIR, Context
-from knrun.preflight.checklist import Outcome
-from knrun.preflight.receipt import receipt_path
-from knrun.preflight.steps import Step
-from knrun.run.status import usd
+from knrun.receipt import receipt_path
 
 # A step in words: its one-line summary, its details and its warnings (the display's).
 Describe = Callable[[Step], tuple[str, list[str], list[str]]]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from knrun.commands import spool as spool_ops
 from knrun.context import Context
 from knrun.job import JobSpec
 from knrun.pricing import ticks_to_usd
-from knrun.run import spool_ops
 from knrun.run.batch.runs import batches_of
 from knrun.store.types import Money, Progress, RunRecord
 
@@ -95,6 +95,27 @@ def status_report(
         "retry_exhausted": progress.retry_exhausted,
         "max_attempts": max_attempts,
         "failed_by_reason": progress.failed_by_reason,
+        **money_keys(money, spooled, in_flight),
+        "done_cost_usd": usd(progress.done_cost_ticks),
+        "cost_per_unit_usd": usd(per_unit) if per_unit is not None else None,
+        "avg_input_tokens": _rounded(progress.avg_input_tokens),
+        "avg_output_tokens": _rounded(progress.avg_output_tokens),
+        "last_processed_at": progress.last_processed_at,
+        "counted_s_ago": round(counted_s_ago),
+        "spool_pending": spool[0],
+        "spool_quarantined": spool[1],
+        "spool_pending_other_versions": spool[2],
+        "current_runs": current,
+        "dead_runs": dead,
+        "last_run": last,
+        "rate_per_min": rate,
+        "eta_minutes": eta,
+    }
+
+
+def money_keys(money: Money, spooled: Money, in_flight: int) -> dict[str, Any]:
+    """The money and token keys of `status --json`: the store's charges with the spool's."""
+    return {
         "spent_usd": usd(money.spent_ticks),
         "spent_ticks": money.spent_ticks,
         "spent_max_usd": usd(money.spent_max_ticks),
@@ -113,20 +134,6 @@ def status_report(
         "output_tokens": money.output_tokens,
         "reasoning_tokens": money.reasoning_tokens,
         "cache_share": None if money.cache_share is None else round(money.cache_share, 4),
-        "done_cost_usd": usd(progress.done_cost_ticks),
-        "cost_per_unit_usd": usd(per_unit) if per_unit is not None else None,
-        "avg_input_tokens": _rounded(progress.avg_input_tokens),
-        "avg_output_tokens": _rounded(progress.avg_output_tokens),
-        "last_processed_at": progress.last_processed_at,
-        "counted_s_ago": round(counted_s_ago),
-        "spool_pending": spool[0],
-        "spool_quarantined": spool[1],
-        "spool_pending_other_versions": spool[2],
-        "current_runs": current,
-        "dead_runs": dead,
-        "last_run": last,
-        "rate_per_min": rate,
-        "eta_minutes": eta,
     }
 
 

@@ -10,8 +10,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from knrun import estimate as estimates
 from knrun.errors import ExitCode, KnrunError
-from knrun.preflight import estimate as estimates
 from knrun.pricecheck import check_prices
 from knrun.pricing import ModelPrice, PricingTable
 from knrun.xai import LiveModel

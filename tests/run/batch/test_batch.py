@@ -8,22 +8,13 @@ import heapq
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_go import knrun, rows
 
+from clirun import BATCH_OK, batch_runs, knrun, run_now
+from clirun import fresh_status as status
 from conftest import prepare_units, refresh_pricing_dates, set_price, write_receipt
 from knrun.sim.xai import XaiSimulator
-
-BATCH_OK = {"accepted": True}
-
-
-def status() -> dict[str, Any]:
-    """Counted now (`status` reuses a count up to 30 s old otherwise)."""
-    code, out, err = knrun("status", "--json", "--fresh")
-    assert code == 0, err
-    return dict(json.loads(out))
 
 
 @pytest.fixture
@@ -33,11 +24,6 @@ def batch_ready(project: Path, xai_server: XaiSimulator) -> int:
     eligible = prepare_units(project, 2000)
     write_receipt(project, batch=BATCH_OK, approved_ticks=10**12)
     return eligible
-
-
-def batch_runs() -> list[dict[str, Any]]:
-    found = rows("SELECT detail FROM knrun_runs WHERE kind = 'go' ORDER BY started_at")
-    return [json.loads(detail)["batch"] for (detail,) in found]
 
 
 def test_2000_units_through_one_batch_every_unit_once_billed_at_the_batch_price(
@@ -152,15 +138,6 @@ def test_preflight_batch_measures_the_discount_and_go_batch_runs_on_its_receipt(
     assert code == 0, err
     assert status()["done"] == eligible
     assert xai_server.batch.stats.duplicates == 0
-
-
-def run_now(sim: XaiSimulator, count: int) -> None:
-    """The first `count` requests added are due at once (the others keep their time)."""
-    for batch in sim.batch.batches.values():
-        for entry in batch.added[:count]:
-            entry.due = min(entry.due, sim.now())
-        batch.queue = [(entry.due, entry.seq, entry) for _, _, entry in batch.queue]
-        heapq.heapify(batch.queue)
 
 
 def test_batch_list_and_cancel_for_the_operator(batch_ready: int, xai_server: XaiSimulator) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
+from knrun.commands.session import record
 from knrun.pricing import Usage
-from knrun.run import launch
 from knrun.run.events import RunState, discard
 from knrun.run.live.pacing import AdaptivePacing
 from knrun.store.types import RunRecord
@@ -148,7 +148,7 @@ async def test_the_run_records_heartbeat_tells_the_pacing_who_shares_the_model()
         lost=[],
     )
     keeper = asyncio.create_task(
-        launch._keep_record(Store(), run("a", "grok-4.3"), runner, 3600)  # type: ignore[arg-type]
+        record._keep_record(Store(), run("a", "grok-4.3"), runner, 3600)  # type: ignore[arg-type]
     )
     await asyncio.sleep(0)
     keeper.cancel()

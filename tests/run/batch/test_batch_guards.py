@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_batch import BATCH_OK, batch_runs, status
-from test_go import knrun
 
+from clirun import BATCH_OK, batch_runs, knrun
+from clirun import fresh_status as status
 from conftest import prepare_units, refresh_pricing_dates, set_price, write_receipt
 from knrun.sim.xai import XaiSimulator
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from knrun.commands.preflight.steps import CanaryFigures
+from knrun.commands.session.launch import Launch, launch
+from knrun.commands.session.lock import new_run_id
+from knrun.commands.session.runlog import EventLog, append_history
 from knrun.context import STATE_DIR, Context
-from knrun.preflight.steps import CanaryFigures
 from knrun.pricing import ModelPrice
 from knrun.run.config import RunConfig
 from knrun.run.events import Event, EventSink
-from knrun.run.launch import Launch, launch
-from knrun.run.lock import new_run_id
-from knrun.run.runlog import EventLog, append_history
 
 # What a waiting batch canary shows on screen (the rest goes to its event log only).
 WAITING = {"batch_created", "batch_resumed", "batch_progress", "batch_wait", "batch_left_open"}

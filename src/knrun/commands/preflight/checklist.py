@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from knrun import estimate as estimates
+from knrun.commands.preflight import issuing, steps
+from knrun.commands.preflight.steps import MARGIN, CanaryFigures, Finding, Overshoot, Step
 from knrun.context import STATE_DIR, Context, xai_client
 from knrun.errors import ConfigError, ExitCode
-from knrun.preflight import estimate as estimates
-from knrun.preflight import issuing, steps
-from knrun.preflight.receipt import Receipt, save_receipt
-from knrun.preflight.steps import MARGIN, CanaryFigures, Finding, Overshoot, Step
 from knrun.pricing import ModelPrice, PricingTable
+from knrun.receipt import Receipt, save_receipt
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY
 from knrun.store.base import SqlUnitStore
 from knrun.store.types import Progress

@@ -7,8 +7,8 @@ import resource
 
 import pytest
 
+from knrun.commands.session.files import SPARE_FILES, fit_open_files
 from knrun.run.config import RunConfig
-from knrun.run.files import SPARE_FILES, fit_open_files
 
 
 def limits(monkeypatch: pytest.MonkeyPatch, soft: int, hard: int) -> list[tuple[int, int]]:

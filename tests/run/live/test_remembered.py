@@ -8,8 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from test_go import knrun
-
+from clirun import knrun
 from knrun.run.live.remembered import FILE, key_id, recall, remember
 from knrun.run.live.ticks import Limit
 from knrun.sim.xai import XaiSimulator

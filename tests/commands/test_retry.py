@@ -11,36 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from clirun import fail_units, knrun
 from conftest import prepare_units, refresh_pricing_dates
-from knrun.cli import app
 from knrun.sim.xai import XaiSimulator
-
-
-def knrun(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def fail_units(
-    count: int, attempts: int = 1, reason: str = "invalid_json", request_hash: str | None = None
-) -> None:
-    """Mark the first `count` unfailed units in scope failed at 1.6 for `reason`, as a run
-    would (with the request hash of the job as it is, unless told otherwise)."""
-    from knrun.job import load_job
-
-    sent = request_hash or load_job(Path("prompts/kn-1.6.toml")).request_hash
-    conn = sqlite3.connect("knrun.sqlite")
-    conn.execute(
-        "UPDATE units SET kn_status = 'failed', kn_status_version = '1.6', "
-        "kn_error = ? || ': it failed', kn_attempts = ?, kn_request_hash = ? WHERE id IN "
-        "(SELECT id FROM units WHERE status = 'Current' AND restricted_access = 0 "
-        f"AND kn_status IS NULL ORDER BY id LIMIT {count})",
-        (reason, attempts, sent),
-    )
-    conn.commit()
-    conn.close()
 
 
 def failed_rows() -> list[tuple[int, int]]:

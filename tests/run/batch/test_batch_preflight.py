@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_batch import BATCH_OK, run_now, status
-from test_go import knrun
-
+from clirun import BATCH_OK, knrun, run_now
+from clirun import fresh_status as status
 from conftest import prepare_units, refresh_pricing_dates, write_receipt
 from knrun.sim.xai import XaiSimulator
 
