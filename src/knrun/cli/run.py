@@ -21,13 +21,13 @@ from knrun.cli.app import (
 )
 from knrun.cli.batch import collect
 from knrun.cli.session import RunCommand, finish, run_command
-from knrun.commands.go import GoOptions, check_approval_left, go_config, go_receipt, nothing_to_run
+from knrun.commands.go import GoOptions, go_config, go_receipt, nothing_to_run
 from knrun.commands.retry import RetryOptions, nothing_to_retry, retry_config
 from knrun.commands.summary import still_failing
 from knrun.context import Context, load_context, load_pricing_for
 from knrun.display import checklist, console
 from knrun.display.summary import show_still_failing
-from knrun.errors import InputError, NotAuthorised, RunStopped
+from knrun.errors import InputError, NotAuthorised
 from knrun.pricing import ModelPrice
 from knrun.run.batch import ops
 from knrun.run.config import AUTO, DEFAULT_MAX_CONCURRENCY, RunConfig
@@ -166,13 +166,9 @@ def live_config(ctx: Context, price: ModelPrice, options: GoOptions) -> RunConfi
         if idle():
             return None
         raise
+    # What is left of the receipt's approval is worked out once the spool is replayed (in
+    # `launch`): paid results waiting there count once, and reach the store first.
     config = run_async(go_config(ctx, price, options, receipt))
-    try:
-        run_async(check_approval_left(ctx, config))
-    except RunStopped:
-        if idle():
-            return None
-        raise
     warn_if_held_below(config, options)
     return config
 

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from knrun.commands.session.before import CONTINUE
 from knrun.context import STATE_DIR, Context
-from knrun.errors import ExitCode, NotAuthorised, RunStopped
-from knrun.pricing import ModelPrice, format_usd
+from knrun.errors import ExitCode, NotAuthorised
+from knrun.pricing import ModelPrice
 from knrun.receipt import Receipt, describe, load_valid_receipt
-from knrun.run.approval import Approval, approval_left
+from knrun.run.approval import Approval
 from knrun.run.config import DEFAULT_MAX_CONCURRENCY, RunConfig, concurrency_fields
 from knrun.run.guards import BALANCE_SLACK_TICKS
-from knrun.spool import Spool
 
 # How a run stopped by its spend cap continues, by the kind of run.
-CONTINUE = {
-    "go": "run `knrun preflight` again for a new receipt that approves what is left, or "
-    "`knrun go --max-spend USD` for a cap of that run alone",
-    "retry": "run `knrun retry --max-spend USD` with a larger cap",
-    "collect": "run `knrun preflight --batch` again for a new receipt",
-}
 
 
 async def nothing_to_run(ctx: Context) -> str | None:
@@ -39,33 +33,6 @@ async def nothing_to_run(ctx: Context) -> str | None:
     if progress.failed:
         line += f"; {progress.failed:,} failed: `knrun retry`"
     return line + "; no receipt needed"
-
-
-async def check_approval_left(ctx: Context, config: RunConfig) -> None:
-    """RunStopped (exit 4) when what is left of the receipt's approval cannot pay for one more
-    unit at its worst case: saying what is left, what a unit needs, and how to go on."""
-    approval = config.approval
-    if approval is None or config.batch:  # --max-spend, or a batch run's own accounting
-        return
-    async with ctx.open_store() as store:
-        spool = Spool(STATE_DIR / "spool.sqlite")
-        try:
-            left = await approval_left(approval, store, spool, batch_run=False)
-        finally:
-            await spool.close()
-    if left.ticks >= approval.unit_worst_ticks:
-        return
-    message = approval_used_up(approval, left.ticks, config.estimate_unit_ticks or 0)
-    raise RunStopped(message, ExitCode.SPEND_CAP)
-
-
-def approval_used_up(approval: Approval, left_ticks: int, unit_ticks: int) -> str:
-    return (
-        f"spend cap: {format_usd(max(left_ticks, 0))} is left of the approved spend of "
-        f"{approval.describe}, and one more unit needs about {format_usd(unit_ticks)} "
-        f"(up to {format_usd(approval.unit_worst_ticks)} at worst, as the cap counts it): "
-        f"{CONTINUE['go']}"
-    )
 
 
 def continue_hint(kind: str, exit_code: int) -> str:

@@ -94,20 +94,36 @@ async def reap_dead_runs(
         events(Event("released", f"{returned} units leased by earlier runs here given back"))
 
 
+# What a run stopped by its cap says next: the command that continues it.
+CONTINUE = {
+    "go": "run `knrun preflight` again for a new receipt that approves what is left, or "
+    "`knrun go --max-spend USD` for a cap of that run alone",
+    "retry": "run `knrun retry --max-spend USD` with a larger cap",
+    "collect": "run `knrun preflight --batch` again for a new receipt",
+}
+
+
 async def approved_cap(
-    approval: Approval, store: SqlUnitStore, spool: Spool, batch_run: bool
+    approval: Approval, store: SqlUnitStore, spool: Spool, config: RunConfig
 ) -> int:
-    """The run's cap: what the receipt approved less everything spent since, or RunStopped
-    (exit 4) when nothing is left."""
-    left = await approval_left(approval, store, spool, batch_run=batch_run)
-    if left.ticks > 0:
+    """The run's cap: what the receipt approved less everything spent since (the spool just
+    replayed, so each paid result counts once), or RunStopped (exit 4) when that cannot pay
+    for one more unit at its worst case and there is a unit to pay for."""
+    left = await approval_left(approval, store, spool, batch_run=config.batch)
+    need = 1 if config.batch else approval.unit_worst_ticks  # a batch counts its own units
+    if left.ticks >= need:
         return left.ticks
-    parts = [f"{format_usd(left.spent.spent_max_ticks)} spent at most since preflight"]
+    if not config.batch and await eligible(store, config) == 0:
+        return max(left.ticks, 0)  # nothing to buy: the run finds nothing and ends
+    spent = [f"{format_usd(left.spent.spent_max_ticks)} spent at most since preflight"]
     if left.in_batches:
-        parts.append(f"{left.in_batches:,} units waiting in open batches")
+        spent.append(f"{left.in_batches:,} units waiting in open batches")
+    unit = config.estimate_unit_ticks or 0
     raise RunStopped(
-        f"the approved spend of {approval.describe} is used up ({', '.join(parts)}): run "
-        "`knrun preflight` again to approve more, or pass --max-spend",
+        f"spend cap: {format_usd(max(left.ticks, 0))} is left of the approved spend of "
+        f"{approval.describe} ({', '.join(spent)}), and one more unit needs about "
+        f"{format_usd(unit)} (up to {format_usd(approval.unit_worst_ticks)} at worst, as the "
+        f"cap counts it): {CONTINUE['collect' if config.batch else 'go']}",
         ExitCode.SPEND_CAP,
     )
 

@@ -138,5 +138,5 @@ async def _prepare(ctx: Context, request: Launch, store: SqlUnitStore, spool: Sp
     if replayed:
         request.events(Event("replayed", f"{replayed} results from an earlier run written first"))
     if config.approval is not None:
-        config.cap_ticks = await before.approved_cap(config.approval, store, spool, config.batch)
+        config.cap_ticks = await before.approved_cap(config.approval, store, spool, config)
     return replayed
