@@ -21,49 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 from _common import Measured, reset, run_scaled, table, units_db
+from _pacing_cases import REAL_RPS, Case, share_429, simulator, steady_rps
 from knrun.run.coordinator import Runner
-from knrun.sim.scenario import Faults, Scenario
 from knrun.sim.xai import XaiSimulator
-
-REAL_RPS = 100  # real requests per second the scale is chosen for: this machine keeps up
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    median_s: float
-    units: int
-    rps: float | None = None
-    tpm: int | None = None
-    random_429: float = 0.0
-    max_concurrency: int = 3000
-
-
-def simulator(case: Case, scale: float) -> XaiSimulator:
-    return XaiSimulator(
-        Scenario(
-            latency={"median_s": case.median_s, "sigma": 0.35, "time_scale": scale},
-            limits={"requests_per_s": case.rps, "tokens_per_min": case.tpm},
-            faults=Faults(rate_limited=case.random_429),
-            balance_usd=Decimal(1_000_000),
-        )
-    )
-
-
-def steady_rps(times: list[float], scale: float, low: float = 0.2, high: float = 0.8) -> float:
-    """Accepted requests per simulated second between the low and high fractions of them."""
-    ordered = sorted(times)
-    a, b = int(len(ordered) * low), int(len(ordered) * high) - 1
-    return (b - a) / ((ordered[b] - ordered[a]) / scale)
-
-
-def share_429(sim: XaiSimulator) -> float:
-    return sim.stats.outcomes["rate_limited"] / max(sim.stats.chat_requests, 1)
 
 
 async def one(db: Path, case: Case, scale: float, eligible: int) -> tuple[Measured, XaiSimulator]:
@@ -227,8 +190,14 @@ def two_runners(folder: Path, quick: bool) -> None:
 
 def whole_runs(folder: Path, quick: bool) -> None:
     """Issue 18's figures, over the whole run (first request to last write, ramp and tail
-    included), at auto concurrency: a first run (nothing known), and one after preflight's
-    canary has named the limit (`known_limits`, as `.knrun/limits.json` carries it)."""
+    included), at auto concurrency: a first run (nothing known), one after preflight's canary
+    has named the limit (`known_limits`, as `.knrun/limits.json` carries it), and a run bound by
+    tokens per minute with a reasoning model."""
+    rows = [*whole_request_bound(folder), whole_token_bound(folder, quick)]
+    table("whole runs (targets: >= 0.9 of the limit, <= 5% 429s)", rows)
+
+
+def whole_request_bound(folder: Path) -> list[tuple[str, str]]:
     rows = []
     db = folder / "whole-600.sqlite"
     eligible = units_db(db, 660)  # about 600 eligible
@@ -256,6 +225,10 @@ def whole_runs(folder: Path, quick: bool) -> None:
                 f"write; 429s {share_429(sim):.1%}",
             )
         )
+    return rows
+
+
+def whole_token_bound(folder: Path, quick: bool) -> tuple[str, str]:
     tokens_db = folder / "whole-tpm.sqlite"
     eligible = units_db(tokens_db, 330 if quick else 660)
     tpm = 600_000
@@ -278,14 +251,11 @@ def whole_runs(folder: Path, quick: bool) -> None:
     state = measured.result.state
     tokens = state.input_tokens + state.output_tokens
     per_minute = tokens / (measured.wall_s / scale) * 60
-    rows.append(
-        (
-            "tokens/min bound (600k/min, reasoning model, 5 s)",
-            f"{per_minute:,.0f} tokens/min = {per_minute / tpm:.3f} of the limit, first request "
-            f"to last write; 429s {share_429(sim):.1%}",
-        )
+    return (
+        "tokens/min bound (600k/min, reasoning model, 5 s)",
+        f"{per_minute:,.0f} tokens/min = {per_minute / tpm:.3f} of the limit, first request "
+        f"to last write; 429s {share_429(sim):.1%}",
     )
-    table("whole runs (targets: >= 0.9 of the limit, <= 5% 429s)", rows)
 
 
 def main() -> None:
