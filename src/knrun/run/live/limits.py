@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from knrun.run.live.ticks import Limit
 from knrun.xai import LimitClaim
 
-REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.95  # of a known limit: headroom for jitter in the windows
+REQUEST_SHARE, TOKEN_SHARE = 0.95, 0.97  # of a known limit: headroom for jitter in the windows
 NEAR = 0.8  # a claim is believable when this run sent at least this share of it
 OVER_CLAIM = 1.2  # and had no more than this share of it accepted in its window
 

@@ -15,7 +15,7 @@ ended is judged:
   to 95% of what was accepted. That finds a limit even when the 429s say nothing.
 - **Noise**: 429s while sending faster still got proportionally more accepted are not a limit
   being hit. The rate keeps growing, and only the refused requests wait.
-- **Known limits** cap the rate at 95% of their share (`runners` live runs share the account's
+- **Known limits** cap the rate just under their share (`runners` live runs share the account's
   limits): requests per second, and tokens per minute divided by tokens per request. Headers
   are facts, a 429's text a claim (`limits.py`); 429s that keep coming under a believed claim
   drop it: they were about something else.
